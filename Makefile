@@ -1,0 +1,44 @@
+# The README's two commands: `make demo` (main job) and `make test` (the tests).
+# Both create/reuse a virtual environment in $(VENV) and install what they need.
+# torch: these machines carry a CPU build as `torch==2.13.0`; on a CUDA machine run
+#   make TORCH=torch demo      (or install torch into .venv first: an importable torch is kept)
+VENV ?= .venv
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev,dashboard,smac
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(EXTRAS)
+QUICK := --budget 15 --seeds 2 --methods random,tpe,gp,bohb,random1,global,smac
+
+.PHONY: install demo test lint bench-quick bench
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/autopipe demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Both benchmarks, budget 15, 2 seeds, every baseline; prints the wall time.
+bench-quick: $(STAMP)
+	@start=$$(date +%s); \
+	$(VENV)/bin/autopipe bench --benchmark nmt $(QUICK) --out runs/bench-quick/nmt && \
+	$(VENV)/bin/autopipe bench --benchmark lcbench $(QUICK) --out runs/bench-quick/lcbench && \
+	echo "bench-quick wall time: $$(( $$(date +%s) - start )) s"
+
+# The README's results: 5 seeds, both benchmarks (NMT under both hold-out protocols).
+bench: $(STAMP)
+	$(VENV)/bin/autopipe bench --benchmark nmt --seeds 5 --out runs/bench/nmt
+	$(VENV)/bin/autopipe bench --benchmark nmt --seeds 5 --protocol lodo --out runs/bench/nmt-lodo
+	$(VENV)/bin/autopipe bench --benchmark lcbench --seeds 5 --out runs/bench/lcbench

@@ -1,0 +1,227 @@
+"""Replays of recorded HPO data: one ``ReplayTask`` per dataset of a benchmark.
+
+A task answers, for any configuration of its search space:
+
+- ``curve(config, rng)``: the learning curve a run of it would show (observed, possibly noisy),
+  its cumulative real cost, and its noise-free final score (for regret only);
+- ``evaluate(config, fraction, rng)``: a run stopped after ``ceil(fraction * n_steps)`` steps,
+  the same prefix for every configuration of the dataset (never a fraction of a run's own,
+  outcome-dependent length);
+- ``objective(...)``: the same as an Optuna objective, reporting the curve as intermediate
+  values (so pruners work) and recording fidelity and cost on the trial.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+
+from optuna_autopipe.space import suggest
+
+_logger = logging.getLogger(__name__)
+
+Config = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A run's observed learning curve.
+
+    Attributes:
+        values: observed metric after each step, shape ``(n,)``.
+        costs: cumulative real cost after each step, shape ``(n,)``, non-decreasing.
+        true_score: noise-free final score of the configuration (hidden from methods).
+        config: the configuration the curve belongs to (after any nearest-neighbour mapping).
+    """
+
+    values: np.ndarray
+    costs: np.ndarray
+    true_score: float
+    config: Config
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The result of running a configuration up to some fidelity.
+
+    ``value`` is what a method sees (the observed score at the fidelity reached);
+    ``true_score`` is the configuration's noise-free final score, for regret only.
+    ``cost`` is in full-run equivalents of this configuration, ``cost_real`` in the
+    benchmark's real unit.
+    """
+
+    config: Config
+    steps: np.ndarray
+    value: float
+    true_score: float
+    fidelity: float
+    cost: float
+    cost_real: float
+
+
+class BudgetExhausted(optuna.TrialPruned):
+    """Raised inside an objective when the study's cost budget runs out mid-run."""
+
+
+class ReplayTask(abc.ABC):
+    """One dataset of a recorded benchmark."""
+
+    benchmark: str
+    name: str
+    direction: Literal["minimize", "maximize"]
+    cost_unit: str
+    #: How a curve becomes a score: its best point (``"best"``) or its last (``"last"``).
+    reduce: Literal["best", "last"]
+
+    @property
+    @abc.abstractmethod
+    def search_space(self) -> dict[str, BaseDistribution]:
+        """The Optuna search space of this dataset."""
+
+    @property
+    @abc.abstractmethod
+    def n_steps(self) -> int:
+        """Nominal training length in steps (the unit of early-stop prefixes and pruning)."""
+
+    @property
+    @abc.abstractmethod
+    def dataset_features(self) -> dict[str, float]:
+        """Dataset meta-features known before any training (NaN where unknown)."""
+
+    @abc.abstractmethod
+    def curve(self, config: Mapping[str, Any], rng: np.random.Generator) -> Curve:
+        """The learning curve of one (possibly noisy) run of ``config``."""
+
+    @abc.abstractmethod
+    def pool(self) -> tuple[list[Config], np.ndarray]:
+        """Reference pool: configurations and their noise-free final scores, shape ``(n,)``."""
+
+    @abc.abstractmethod
+    def true_score(self, config: Mapping[str, Any]) -> float:
+        """Noise-free final score of ``config`` (after any nearest-neighbour mapping)."""
+
+    def resolve(self, config: Mapping[str, Any]) -> Config:
+        """The configuration a run of ``config`` actually uses (identity unless overridden)."""
+        return {name: config[name] for name in self.search_space}
+
+    def true_scores(self, configs: list[Config]) -> np.ndarray:
+        """Noise-free final scores of several configurations, shape ``(n,)``."""
+        return np.array([self.true_score(c) for c in configs])
+
+    def sign(self) -> float:
+        """+1 when higher scores are better, -1 otherwise."""
+        return 1.0 if self.direction == "maximize" else -1.0
+
+    def score_of(self, values: np.ndarray) -> float:
+        """Reduce an observed curve prefix to the score a method sees."""
+        if self.reduce == "last":
+            return float(values[-1])
+        return float(values.max() if self.direction == "maximize" else values.min())
+
+    def prefix_steps(self, fraction: float) -> int:
+        """Number of steps in an early-stop prefix: ``ceil(fraction * n_steps)``, at least 1."""
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}.")
+        return max(1, math.ceil(fraction * self.n_steps))
+
+    def evaluate(
+        self, config: Mapping[str, Any], *, fraction: float = 1.0, rng: np.random.Generator
+    ) -> Evaluation:
+        """Run ``config`` for a prefix of ``fraction`` of the nominal training length.
+
+        ``fraction=1`` runs to completion (a run whose recorded curve is shorter than the
+        prefix has converged early and is complete too).
+        """
+        curve = self.curve(config, rng)
+        n = (
+            len(curve.values)
+            if fraction >= 1.0
+            else min(self.prefix_steps(fraction), len(curve.values))
+        )
+        return self._evaluation(curve, n)
+
+    def _evaluation(self, curve: Curve, n: int) -> Evaluation:
+        total = len(curve.values)
+        return Evaluation(
+            config=curve.config,
+            steps=curve.values[:n],
+            value=self.score_of(curve.values[:n]),
+            true_score=curve.true_score,
+            fidelity=n / total,
+            cost=n / total,
+            cost_real=float(curve.costs[n - 1]),
+        )
+
+    def objective(
+        self,
+        *,
+        seed: int,
+        fraction: float = 1.0,
+        budget: float | None = None,
+        on_evaluation: Callable[[optuna.trial.Trial, Evaluation], None] | None = None,
+    ) -> Callable[[optuna.trial.Trial], float]:
+        """An Optuna objective replaying this task.
+
+        Each step's observed value is reported with ``trial.report`` (the running score,
+        so a pruner compares like with like); a pruned trial records what it cost. With
+        ``budget`` (full-run equivalents for the whole study), a run that would exceed it is
+        cut where the budget ends and pruned. The noise of trial ``k`` is drawn from
+        ``default_rng([seed, k])``, so a study is reproducible.
+        """
+        spent = [0.0]
+
+        def run(trial: optuna.trial.Trial) -> float:
+            config = {name: suggest(trial, name, dist) for name, dist in self.search_space.items()}
+            curve = self.curve(config, np.random.default_rng([seed, trial.number]))
+            if curve.config != config:
+                trial.set_user_attr("mapped_to", curve.config)
+            total = len(curve.values)
+            stop = total if fraction >= 1.0 else min(self.prefix_steps(fraction), total)
+            for n in range(1, stop + 1):
+                if budget is not None and spent[0] + n / total > budget + 1e-9:
+                    if n > 1:
+                        self._finish(trial, curve, n - 1, spent, on_evaluation)
+                    trial.set_user_attr("budget_exhausted", True)
+                    raise BudgetExhausted(f"cost budget of {budget} full runs exhausted")
+                trial.report(self.score_of(curve.values[:n]), step=n)
+                if n < total and trial.should_prune():
+                    self._finish(trial, curve, n, spent, on_evaluation)
+                    raise optuna.TrialPruned()
+            evaluation = self._finish(trial, curve, stop, spent, on_evaluation)
+            if evaluation.fidelity < 1.0:
+                raise optuna.TrialPruned(f"early-stopped at fidelity {evaluation.fidelity:.3f}")
+            return evaluation.value
+
+        return run
+
+    def _finish(
+        self,
+        trial: optuna.trial.Trial,
+        curve: Curve,
+        n: int,
+        spent: list[float],
+        on_evaluation: Callable[[optuna.trial.Trial, Evaluation], None] | None,
+    ) -> Evaluation:
+        evaluation = self._evaluation(curve, n)
+        spent[0] += evaluation.cost
+        trial.set_user_attr("fidelity", evaluation.fidelity)
+        trial.set_user_attr("cost", evaluation.cost)
+        trial.set_user_attr("cost_real", evaluation.cost_real)
+        trial.set_user_attr("cost_unit", self.cost_unit)
+        if on_evaluation is not None:
+            on_evaluation(trial, evaluation)
+        return evaluation
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed derived from names and numbers, identical across processes (unlike ``hash``)."""
+    return zlib.crc32("/".join(map(str, parts)).encode())

@@ -1,0 +1,179 @@
+"""Leave-one-dataset-out benchmark: every (dataset, method, seed) is one Optuna study.
+
+Studies run in worker processes on in-memory storage and are then written, trials and all,
+into one storage (default ``sqlite:///OUT/bench.db``) under the name
+``<benchmark>/<dataset>/<method>/seed<k>``, so optuna-dashboard shows them side by side.
+A study's outcome is stored in its user attr ``bench`` (written last), which is also what
+makes a run resumable: studies that have it are skipped, half-written ones are redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import optuna
+from tqdm import tqdm
+
+from objectives.registry import Benchmark, Protocol, load_benchmark
+from objectives.replay import stable_seed
+from optuna_autopipe.bench.methods import Context, get_method
+from optuna_autopipe.bench.report import Outputs, write_outputs
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """What to run. ``datasets=None`` means every dataset of the benchmark."""
+
+    benchmark: str
+    methods: Sequence[str]
+    out: Path
+    budget: int = 15
+    seeds: int = 5
+    datasets: Sequence[str] | None = None
+    protocol: Protocol = "grouped"
+    storage: str | None = None
+    data_dir: str | None = None
+    noise_sd: float = 1.0
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.out / 'bench.db'}"
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: BenchSpec
+    dataset: str
+    method: str
+    seed: int
+
+    @property
+    def study_name(self) -> str:
+        return f"{self.spec.benchmark}/{self.dataset}/{self.method}/seed{self.seed}"
+
+
+def run_bench(spec: BenchSpec) -> Outputs:
+    """Run every missing study of ``spec``, then write results.csv, summary.md and the plot."""
+    if spec.budget < 1 or spec.seeds < 1:
+        raise ValueError(f"--budget and --seeds must be >= 1, got {spec.budget} and {spec.seeds}.")
+    for method in spec.methods:
+        get_method(method)
+    benchmark = _benchmark(spec.benchmark, spec.data_dir, spec.noise_sd)
+    datasets = list(spec.datasets or [t.name for t in benchmark.tasks])
+    for dataset in datasets:
+        benchmark.task(dataset)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.get_storage(spec.storage_url)
+    jobs = [Job(spec, d, m, s) for d in datasets for m in spec.methods for s in range(spec.seeds)]
+    done = {
+        s.study_name
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        if "bench" in s.user_attrs
+    }
+    todo = [job for job in jobs if job.study_name not in done]
+    started = time.perf_counter()
+    with (
+        tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="studies", unit="study") as bar,
+        ProcessPoolExecutor(max_workers=max(1, spec.workers)) as pool,
+    ):
+        for job, result in zip(todo, pool.map(_run_job, todo), strict=True):
+            _store(storage, job, *result)
+            bar.update()
+    wall = time.perf_counter() - started
+    return write_outputs(storage, benchmark, jobs, spec, wall_seconds=wall)
+
+
+@cache
+def _benchmark(name: str, data_dir: str | None, noise_sd: float) -> Benchmark:
+    return load_benchmark(name, data_dir=data_dir, noise_sd=noise_sd)
+
+
+def _run_job(job: Job) -> tuple[list[optuna.trial.FrozenTrial], str, dict[str, Any]]:
+    """Run one study in this process; return its trials, direction and outcome record."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = job.spec
+    benchmark = _benchmark(spec.benchmark, spec.data_dir, spec.noise_sd)
+    ctx = Context(
+        task=benchmark.task(job.dataset),
+        offline=benchmark.offline(job.dataset, spec.protocol),
+        seed=stable_seed(job.dataset, job.seed),
+        budget=spec.budget,
+        evaluations={},
+    )
+    study = get_method(job.method)(ctx)
+    return study.trials, ctx.task.direction, outcome(study, ctx, protocol=spec.protocol)
+
+
+def outcome(study: optuna.Study, ctx: Context, *, protocol: str) -> dict[str, Any]:
+    """A study's result: the selected configuration, its true score, cost and trajectory.
+
+    The selection is the best observed value among full-fidelity (COMPLETE) trials, or, if
+    no trial reached full fidelity, the best observed value at the highest fidelity reached.
+    ``trajectory`` holds ``[cumulative cost, true score of the selection so far]`` after
+    every evaluation (``None`` before the first full-fidelity result).
+    """
+    task, evaluations = ctx.task, ctx.evaluations
+    better = max if task.direction == "maximize" else min
+    trajectory, cost, cost_real, incumbent = [], 0.0, 0.0, None
+    for number in sorted(evaluations):
+        evaluation = evaluations[number]
+        cost += evaluation.cost
+        cost_real += evaluation.cost_real
+        if evaluation.fidelity >= 1.0:
+            incumbent = better(
+                [i for i in (incumbent, evaluation) if i is not None], key=lambda e: e.value
+            )
+        trajectory.append([cost, None if incumbent is None else incumbent.true_score])
+    if incumbent is None:
+        top = max(e.fidelity for e in evaluations.values())
+        incumbent = better(
+            [e for e in evaluations.values() if e.fidelity == top], key=lambda e: e.value
+        )
+    return {
+        "selected": incumbent.config,
+        "score": incumbent.true_score,
+        "cost": cost,
+        "cost_real": cost_real,
+        "cost_unit": task.cost_unit,
+        "n_evals": len(evaluations),
+        "best_evaluated": better(e.true_score for e in evaluations.values()),
+        "trajectory": trajectory,
+        "protocol": protocol,
+        "budget": ctx.budget,
+        "sampler_seed": ctx.seed,
+    }
+
+
+def _store(
+    storage: optuna.storages.BaseStorage,
+    job: Job,
+    trials: list[optuna.trial.FrozenTrial],
+    direction: str,
+    record: dict[str, Any],
+) -> None:
+    """Write one finished study into the shared storage; the ``bench`` attr goes last."""
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=job.study_name, storage=storage)
+    study = optuna.create_study(storage=storage, study_name=job.study_name, direction=direction)
+    study.add_trials(trials)
+    for key, value in (
+        ("benchmark", job.spec.benchmark),
+        ("dataset", job.dataset),
+        ("method", job.method),
+        ("seed", job.seed),
+    ):
+        study.set_user_attr(key, value)
+    study.set_user_attr("bench", record)

@@ -1,0 +1,184 @@
+"""Configuration-selection methods the benchmark compares, by name.
+
+A method takes a ``Context`` (the held-out task, the offline tasks it may learn from, the
+seed and the budget) and runs one Optuna study on the task; the harness reads the result
+from the study. Adding a method is one ``@register("name")`` function.
+
+Budgets: full-fidelity methods get ``budget`` full evaluations; ``bohb`` gets the same total
+cost (``budget`` full-run equivalents) spent through Hyperband; ``random1`` and ``global``
+evaluate one configuration.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+
+from objectives.replay import Config, Evaluation, ReplayTask
+
+
+@dataclass
+class Context:
+    """What a method may use on one held-out dataset.
+
+    ``seed`` seeds the method's sampler and the observation noise. The harness derives it
+    from (dataset, seed index), so that seed ``k`` does not draw the same random
+    configurations on every dataset (which would correlate the datasets' results).
+    """
+
+    task: ReplayTask
+    offline: list[ReplayTask]
+    seed: int
+    budget: int
+    #: Filled by the objective as trials finish: trial number -> what the run showed.
+    evaluations: dict[int, Evaluation]
+
+    def objective(self, *, cost_budget: bool = False) -> Callable[[optuna.trial.Trial], float]:
+        """The task's replay objective, recording each evaluation in ``self.evaluations``."""
+
+        def record(trial: optuna.trial.Trial, evaluation: Evaluation) -> None:
+            self.evaluations[trial.number] = evaluation
+
+        return self.task.objective(
+            seed=self.seed,
+            budget=float(self.budget) if cost_budget else None,
+            on_evaluation=record,
+        )
+
+    def study(
+        self,
+        sampler: optuna.samplers.BaseSampler,
+        *,
+        pruner: optuna.pruners.BasePruner | None = None,
+    ) -> optuna.Study:
+        """A fresh in-memory study in the task's direction; no pruning unless ``pruner``."""
+        return optuna.create_study(
+            direction=self.task.direction,
+            sampler=sampler,
+            pruner=pruner or optuna.pruners.NopPruner(),
+        )
+
+
+Method = Callable[[Context], optuna.Study]
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str) -> Callable[[Method], Method]:
+    """Register a method under ``name`` (used by ``autopipe bench --methods``)."""
+
+    def add(method: Method) -> Method:
+        METHODS[name] = method
+        return method
+
+    return add
+
+
+def get_method(name: str) -> Method:
+    """The method registered as ``name``; a clear error lists the known names otherwise."""
+    if name == "smac" and name not in METHODS:
+        if importlib.util.find_spec("smac") is None:
+            raise ValueError(
+                "Method 'smac' needs the smac package: pip install 'optuna-autopipe[smac]'."
+            )
+        from optuna_autopipe.bench import smac_method  # noqa: F401  (registers on import)
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; choose from {sorted([*METHODS, 'smac'])}.")
+    return METHODS[name]
+
+
+def sequential(make_sampler: Callable[[Context], optuna.samplers.BaseSampler]) -> Method:
+    """A method that spends ``budget`` full evaluations with the given sampler."""
+
+    def run(ctx: Context) -> optuna.Study:
+        study = ctx.study(make_sampler(ctx))
+        study.optimize(ctx.objective(), n_trials=ctx.budget)
+        return study
+
+    return run
+
+
+register("random")(sequential(lambda ctx: optuna.samplers.RandomSampler(seed=ctx.seed)))
+# Optuna 5 defaults: multivariate TPE with constant liar, 10 random start-up trials.
+register("tpe")(sequential(lambda ctx: optuna.samplers.TPESampler(seed=ctx.seed)))
+# Optuna 5 defaults: 10 random start-up trials, then a GP with log-EI.
+register("gp")(sequential(lambda ctx: optuna.samplers.GPSampler(seed=ctx.seed)))
+
+
+@register("bohb")
+def bohb(ctx: Context) -> optuna.Study:
+    """TPE + Hyperband over the learning curve (25% to 100% of training, η=3) at equal cost.
+
+    Trials run until ``budget`` full-run equivalents are spent; the run that crosses the
+    budget is cut where the budget ends.
+    """
+    pruner = optuna.pruners.HyperbandPruner(
+        min_resource=max(1, round(0.25 * ctx.task.n_steps)),
+        max_resource=ctx.task.n_steps,
+        reduction_factor=3,
+    )
+    study = ctx.study(optuna.samplers.TPESampler(seed=ctx.seed), pruner=pruner)
+
+    def stop_when_spent(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.user_attrs.get("budget_exhausted"):
+            study.stop()
+
+    study.optimize(ctx.objective(cost_budget=True), callbacks=[stop_when_spent])
+    return study
+
+
+@register("random1")
+def random1(ctx: Context) -> optuna.Study:
+    """One random configuration, run once."""
+    study = ctx.study(optuna.samplers.RandomSampler(seed=ctx.seed))
+    study.optimize(ctx.objective(), n_trials=1)
+    return study
+
+
+@register("global")
+def global_best(ctx: Context) -> optuna.Study:
+    """The configuration with the best mean standardised rank over the offline datasets.
+
+    Candidates are every configuration of the offline datasets' reference pools. On each
+    offline dataset a candidate takes the rank of its (nearest recorded) score within that
+    dataset's pool, scaled to [0, 1] with 0 the best; the lowest mean wins and is run once on
+    the held-out dataset (mapped to its nearest recorded neighbour there).
+    """
+    candidates = _unique([c for task in ctx.offline for c in task.pool()[0]])
+    mean_rank = np.mean([_scaled_ranks(task, candidates) for task in ctx.offline], axis=0)
+    best = candidates[int(np.argmin(mean_rank))]
+    study = ctx.study(optuna.samplers.RandomSampler(seed=ctx.seed))
+    study.enqueue_trial(
+        ctx.task.resolve(best), user_attrs={"global_mean_rank": float(mean_rank.min())}
+    )
+    study.optimize(ctx.objective(), n_trials=1)
+    return study
+
+
+def _unique(configs: list[Config]) -> list[Config]:
+    seen: dict[str, Config] = {}
+    for config in configs:
+        seen.setdefault(_key(config), config)
+    return list(seen.values())
+
+
+def _key(config: Config) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+def _scaled_ranks(task: ReplayTask, candidates: list[Config]) -> np.ndarray:
+    """Fraction of ``task``'s pool strictly better than each candidate, shape ``(n,)``."""
+    configs, scores = task.pool()
+    known = {_key(c): s for c, s in zip(configs, scores, strict=True)}
+    resolved = [task.resolve(c) for c in candidates]
+    keys = [_key(r) for r in resolved]
+    missing = {k: r for k, r in zip(keys, resolved, strict=True) if k not in known}
+    if missing:
+        known.update(zip(missing, task.true_scores(list(missing.values())), strict=True))
+    values = np.array([known[k] for k in keys], dtype=float) * task.sign()
+    pool = np.sort(scores * task.sign())
+    return (len(pool) - np.searchsorted(pool, values, side="right")) / len(pool)

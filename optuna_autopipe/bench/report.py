@@ -1,0 +1,237 @@
+"""Benchmark outputs: ``results.csv``, ``summary.md`` and ``regret_vs_cost.png``.
+
+Regret is measured against the best of the reference pool, which is the task's fixed pool
+plus the true score of every configuration any study of that dataset in the storage
+evaluated (so regret >= 0 always):
+
+    regret            = sign · (best − score)            (sign = +1 maximise, −1 minimise)
+    normalized_regret = regret / |best − median(pool)|   (median over the fixed pool)
+
+Summaries are mean ± standard error: per dataset across seeds, and overall as the mean over
+datasets of the per-dataset means, with the standard error across datasets.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from objectives.registry import Benchmark
+
+if TYPE_CHECKING:
+    from optuna_autopipe.bench.harness import BenchSpec, Job
+
+COLUMNS = [
+    "benchmark",
+    "dataset",
+    "method",
+    "seed",
+    "selected",
+    "score",
+    "best_score",
+    "regret",
+    "normalized_regret",
+    "cost",
+    "cost_real",
+    "n_evals",
+    "cost_unit",
+    "protocol",
+    "budget",
+]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    results: Path
+    summary: Path
+    plot: Path
+    table: pd.DataFrame
+    storage_url: str
+    wall_seconds: float
+
+
+def write_outputs(
+    storage: optuna.storages.BaseStorage,
+    benchmark: Benchmark,
+    jobs: Sequence[Job],
+    spec: BenchSpec,
+    *,
+    wall_seconds: float,
+) -> Outputs:
+    """Read the finished studies of ``jobs`` from ``storage`` and write the three outputs."""
+    records = {
+        s.study_name: s.user_attrs["bench"]
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        if "bench" in s.user_attrs
+    }
+    references = _references(benchmark, records, {job.dataset for job in jobs})
+    rows, curves = [], []
+    for job in jobs:
+        record = records[job.study_name]
+        best, scale = references[job.dataset]
+        sign = benchmark.task(job.dataset).sign()
+        regret = max(0.0, sign * (best - record["score"]))
+        rows.append(
+            {
+                "benchmark": benchmark.name,
+                "dataset": job.dataset,
+                "method": job.method,
+                "seed": job.seed,
+                "selected": json.dumps(record["selected"], sort_keys=True),
+                "score": record["score"],
+                "best_score": best,
+                "regret": regret,
+                "normalized_regret": regret / scale,
+                "cost": record["cost"],
+                "cost_real": record["cost_real"],
+                "n_evals": record["n_evals"],
+                "cost_unit": record["cost_unit"],
+                "protocol": record["protocol"],
+                "budget": record["budget"],
+            }
+        )
+        curves.append(
+            (
+                job.method,
+                job.dataset,
+                [
+                    (c, None if s is None else max(0.0, sign * (best - s)) / scale)
+                    for c, s in record["trajectory"]
+                ],
+            )
+        )
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    results = spec.out / "results.csv"
+    table.to_csv(results, index=False)
+    summary = spec.out / "summary.md"
+    summary.write_text(summarise(table, spec=spec, wall_seconds=wall_seconds))
+    plot = spec.out / "regret_vs_cost.png"
+    plot_regret_vs_cost(curves, plot, title=f"{benchmark.name} ({spec.protocol})")
+    return Outputs(results, summary, plot, table, spec.storage_url, wall_seconds)
+
+
+def _references(
+    benchmark: Benchmark, records: dict[str, dict[str, Any]], datasets: set[str]
+) -> dict[str, tuple[float, float]]:
+    """Per dataset: (best score of the reference pool, |best − median| of the fixed pool)."""
+    references = {}
+    for dataset in datasets:
+        task = benchmark.task(dataset)
+        _, scores = task.pool()
+        prefix = f"{benchmark.name}/{dataset}/"
+        evaluated = [r["best_evaluated"] for n, r in records.items() if n.startswith(prefix)]
+        signed = np.concatenate([scores, evaluated]) * task.sign()
+        best = float(signed.max() * task.sign())
+        scale = abs(best - float(np.median(scores)))
+        references[dataset] = (best, scale if scale > 0 else 1.0)
+    return references
+
+
+def _mean_se(values: pd.Series) -> str:
+    values = values.dropna()
+    if len(values) < 2:
+        return f"{values.mean():.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1) / np.sqrt(len(values)):.3f}"
+
+
+def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> str:
+    """The summary page: overall and per-dataset normalised regret, cost, and provenance."""
+    per_dataset = table.groupby(["method", "dataset"], sort=False).mean(numeric_only=True)
+    methods = list(dict.fromkeys(table["method"]))
+    lines = [
+        f"# {spec.benchmark}: leave-one-dataset-out, protocol `{spec.protocol}`",
+        "",
+        f"Budget {spec.budget} full evaluations, {spec.seeds} seeds, "
+        f"{table['dataset'].nunique()} datasets. Normalised regret "
+        "(regret / |best − median| of the reference pool, lower is better): mean ± s.e. across "
+        "datasets of the per-dataset means over seeds. Cost in full-run equivalents and in "
+        f"{table['cost_unit'].iloc[0]}.",
+        "",
+        "| method | normalised regret | regret | cost (full runs) | cost (real) | evaluations |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        rows = per_dataset.loc[method]
+        lines.append(
+            f"| {method} | {_mean_se(rows['normalized_regret'])} | {_mean_se(rows['regret'])} "
+            f"| {rows['cost'].mean():.2f} | {rows['cost_real'].mean():.4g} "
+            f"| {rows['n_evals'].mean():.1f} |"
+        )
+    datasets = list(dict.fromkeys(table["dataset"]))
+    lines += [
+        "",
+        "Per dataset (normalised regret, mean ± s.e. across seeds):",
+        "",
+        "| method | " + " | ".join(datasets) + " |",
+        "|---|" + "---|" * len(datasets),
+    ]
+    for method in methods:
+        cells = [
+            _mean_se(table[(table.method == method) & (table.dataset == d)]["normalized_regret"])
+            for d in datasets
+        ]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Machine: {platform.machine()}, {spec.workers} worker processes, Python "
+        f"{sys.version.split()[0]}, Optuna {optuna.__version__}. "
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        f"Wall time of this invocation: {wall_seconds:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_regret_vs_cost(
+    curves: list[tuple[str, str, list[tuple[float, float | None]]]], path: Path, *, title: str
+) -> None:
+    """Anytime normalised regret of the current selection against cumulative cost.
+
+    One line per method: the mean over datasets of the mean over seeds, on a common cost
+    grid; a study contributes from its first full-fidelity result on.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = max((c for _, _, points in curves for c, _ in points), default=1.0)
+    grid = np.linspace(0.0, top, 200)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(m for m, _, _ in curves):
+        by_dataset: dict[str, list[np.ndarray]] = {}
+        for m, dataset, points in curves:
+            if m == method:
+                by_dataset.setdefault(dataset, []).append(_step(points, grid))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN before first results
+            mean = np.nanmean([np.nanmean(v, axis=0) for v in by_dataset.values()], axis=0)
+        ax.plot(grid, mean, label=method)
+    ax.set_xlabel("cumulative cost (full-run equivalents)")
+    ax.set_ylabel("normalised regret of current selection")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _step(points: list[tuple[float, float | None]], grid: np.ndarray) -> np.ndarray:
+    """Right-continuous step function of ``points`` on ``grid`` (NaN before the first value)."""
+    costs = np.array([c for c, _ in points])
+    values = np.array([np.nan if v is None else v for _, v in points])
+    index = np.searchsorted(costs, grid + 1e-12, side="right") - 1
+    return np.where(index >= 0, values[np.clip(index, 0, None)], np.nan)

@@ -1,0 +1,115 @@
+"""The ``autopipe`` command line.
+
+    autopipe bench --benchmark {nmt,lcbench} --methods random,tpe,... --budget 15 --seeds 5 \
+        [--storage URL] --out DIR
+    autopipe demo [--out DIR]
+    autopipe data download --benchmark {nmt,lcbench} --data-dir DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from objectives.data import BenchmarkDataError, download
+from objectives.registry import BENCHMARKS
+
+DEFAULT_METHODS = "random,tpe,gp,bohb,random1,global,smac"
+DEMO_METHODS = "random,tpe,gp,bohb,random1,global"
+
+
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise argparse.ArgumentTypeError("--methods needs at least one method name.")
+    return methods
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autopipe", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    bench = commands.add_parser("bench", help="leave-one-dataset-out benchmark on recorded data")
+    _bench_arguments(bench, out_default=None)
+    bench.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    bench.add_argument("--methods", type=_methods, default=_methods(DEFAULT_METHODS))
+    bench.add_argument("--budget", type=_positive, default=15)
+    bench.add_argument("--seeds", type=_positive, default=5)
+
+    demo = commands.add_parser("demo", help="a short NMT comparison (the README's main job)")
+    _bench_arguments(demo, out_default="runs/demo")
+
+    data = commands.add_parser("data", help="benchmark data")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("download", help="fetch from the public sources")
+    fetch.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    fetch.add_argument("--data-dir", required=True)
+    fetch.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def _bench_arguments(parser: argparse.ArgumentParser, *, out_default: str | None) -> None:
+    parser.add_argument("--out", required=out_default is None, default=out_default)
+    parser.add_argument("--storage", default=None, help="default: sqlite:///OUT/bench.db")
+    parser.add_argument("--data-dir", default=None, help="default: $AUTOPIPE_DATA or ../shared")
+    parser.add_argument("--datasets", type=_methods, default=None, help="comma-separated subset")
+    parser.add_argument(
+        "--protocol",
+        choices=("grouped", "lodo"),
+        default="grouped",
+        help="hold out a dataset with its family (grouped) or alone (lodo)",
+    )
+    parser.add_argument("--noise-sd", type=float, default=1.0, help="LCBench observation noise")
+    parser.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "data":
+            for path in download(args.benchmark, args.data_dir, overwrite=args.overwrite):
+                print(f"wrote {path}")
+            return 0
+        return _bench(args)
+    except (BenchmarkDataError, ValueError) as exc:
+        print(f"autopipe: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from optuna_autopipe.bench.harness import BenchSpec, run_bench
+
+    demo = args.command == "demo"
+    spec = BenchSpec(
+        benchmark="nmt" if demo else args.benchmark,
+        methods=_methods(DEMO_METHODS) if demo else args.methods,
+        out=Path(args.out),
+        budget=15 if demo else args.budget,
+        seeds=2 if demo else args.seeds,
+        datasets=args.datasets,
+        protocol=args.protocol,
+        storage=args.storage,
+        data_dir=args.data_dir,
+        noise_sd=args.noise_sd,
+        workers=args.workers,
+    )
+    outputs = run_bench(spec)
+    print(outputs.summary.read_text())
+    print(f"results: {outputs.results}\nplot:    {outputs.plot}")
+    print(f"wall time: {outputs.wall_seconds:.0f} s")
+    print(f"\nView the studies side by side:\n  optuna-dashboard {outputs.storage_url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
