@@ -15,6 +15,7 @@ import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import optuna
@@ -148,9 +149,15 @@ def global_best(ctx: Context) -> optuna.Study:
     dataset's pool, scaled to [0, 1] with 0 the best; the lowest mean wins and is run once on
     the held-out dataset (mapped to its nearest recorded neighbour there).
     """
-    candidates = _unique([c for task in ctx.offline for c in task.pool()[0]])
-    mean_rank = np.mean([_scaled_ranks(task, candidates) for task in ctx.offline], axis=0)
-    best = candidates[int(np.argmin(mean_rank))]
+    candidates: dict[str, Config] = {}
+    for task in ctx.offline:
+        candidates.update(zip(_pool_keys(task), task.pool()[0], strict=True))
+    keys = list(candidates)
+    mean_rank = np.mean(
+        [[_scaled_rank(task, key, candidates[key]) for key in keys] for task in ctx.offline],
+        axis=0,
+    )
+    best = candidates[keys[int(np.argmin(mean_rank))]]
     study = ctx.study(optuna.samplers.RandomSampler(seed=ctx.seed))
     study.enqueue_trial(
         ctx.task.resolve(best), user_attrs={"global_mean_rank": float(mean_rank.min())}
@@ -159,26 +166,32 @@ def global_best(ctx: Context) -> optuna.Study:
     return study
 
 
-def _unique(configs: list[Config]) -> list[Config]:
-    seen: dict[str, Config] = {}
-    for config in configs:
-        seen.setdefault(_key(config), config)
-    return list(seen.values())
-
-
 def _key(config: Config) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def _scaled_ranks(task: ReplayTask, candidates: list[Config]) -> np.ndarray:
-    """Fraction of ``task``'s pool strictly better than each candidate, shape ``(n,)``."""
-    configs, scores = task.pool()
-    known = {_key(c): s for c, s in zip(configs, scores, strict=True)}
-    resolved = [task.resolve(c) for c in candidates]
-    keys = [_key(r) for r in resolved]
-    missing = {k: r for k, r in zip(keys, resolved, strict=True) if k not in known}
-    if missing:
-        known.update(zip(missing, task.true_scores(list(missing.values())), strict=True))
-    values = np.array([known[k] for k in keys], dtype=float) * task.sign()
-    pool = np.sort(scores * task.sign())
-    return (len(pool) - np.searchsorted(pool, values, side="right")) / len(pool)
+@cache
+def _pool_keys(task: ReplayTask) -> list[str]:
+    return [_key(c) for c in task.pool()[0]]
+
+
+@cache
+def _pool_ranks(task: ReplayTask) -> tuple[dict[str, float], np.ndarray]:
+    """Scaled rank of each pool configuration by key, and the sorted signed pool scores."""
+    signed = np.sort(task.pool()[1] * task.sign())
+    ranks = (len(signed) - np.searchsorted(signed, task.pool()[1] * task.sign(), "right")) / len(
+        signed
+    )
+    return dict(zip(_pool_keys(task), ranks.tolist(), strict=True)), signed
+
+
+def _scaled_rank(task: ReplayTask, key: str, config: Config) -> float:
+    """Fraction of ``task``'s pool strictly better than ``config`` (after mapping)."""
+    table, signed = _pool_ranks(task)
+    if key in table:
+        return table[key]
+    resolved = task.resolve(config)
+    if _key(resolved) in table:
+        return table[_key(resolved)]
+    score = task.true_score(resolved) * task.sign()
+    return float(len(signed) - np.searchsorted(signed, score, "right")) / len(signed)
