@@ -200,7 +200,8 @@ def plot_regret_vs_cost(
     """Anytime normalised regret of the current selection against cumulative cost.
 
     One line per method: the mean over datasets of the mean over seeds, on a common cost
-    grid; a study contributes from its first full-fidelity result on.
+    grid; a study contributes from its first full-fidelity result on, and a dot marks where
+    the method's spending ends (one-shot methods are a dot at cost 1).
     """
     import matplotlib
 
@@ -208,17 +209,24 @@ def plot_regret_vs_cost(
     import matplotlib.pyplot as plt
 
     top = max((c for _, _, points in curves for c, _ in points), default=1.0)
-    grid = np.linspace(0.0, top, 200)
+    ends = [points[-1][0] for _, _, points in curves if points]
+    grid = np.unique(np.concatenate([np.linspace(0.0, top, 200), ends]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in dict.fromkeys(m for m, _, _ in curves):
         by_dataset: dict[str, list[np.ndarray]] = {}
+        spent = 0.0
         for m, dataset, points in curves:
             if m == method:
                 by_dataset.setdefault(dataset, []).append(_step(points, grid))
+                spent = max(spent, points[-1][0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN before first results
             mean = np.nanmean([np.nanmean(v, axis=0) for v in by_dataset.values()], axis=0)
-        ax.plot(grid, mean, label=method)
+        mean[grid > spent + 1e-9] = np.nan  # a line ends where its method stopped spending
+        (line,) = ax.plot(grid, mean, label=method)
+        last = np.flatnonzero(np.isfinite(mean))
+        if last.size:
+            ax.plot(grid[last[-1]], mean[last[-1]], "o", color=line.get_color())
     ax.set_xlabel("cumulative cost (full-run equivalents)")
     ax.set_ylabel("normalised regret of current selection")
     ax.set_title(title)
