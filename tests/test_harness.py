@@ -68,7 +68,14 @@ def test_costs_follow_the_budget(small_run):
 
 
 def test_bohb_prunes_on_the_learning_curve_and_spends_exactly_its_budget(nmt):
-    ctx = Context(task=nmt.task("material-sw-en"), offline=[], seed=0, budget=15, evaluations={})
+    ctx = Context(
+        task=nmt.task("material-sw-en"),
+        offline=[],
+        seed=0,
+        budget=15,
+        evaluations={},
+        study_name="bohb-test",
+    )
     study = get_method("bohb")(ctx)
     pruned = [e for e in ctx.evaluations.values() if e.fidelity < 1]
     assert len(pruned) >= 5 and len(ctx.evaluations) > 15
@@ -76,10 +83,24 @@ def test_bohb_prunes_on_the_learning_curve_and_spends_exactly_its_budget(nmt):
     record = outcome(study, ctx, protocol="grouped")
     assert record["n_evals"] == len(ctx.evaluations)
     full = [e for e in ctx.evaluations.values() if e.fidelity == 1]
-    assert record["score"] in [e.true_score for e in full]
-    assert min(e.value for e in full) == pytest.approx(
-        next(e.value for e in full if e.config == record["selected"])
-    )
+    best_observed = min(full, key=lambda e: e.value)
+    assert record["selected"] == best_observed.config
+    assert record["score"] == best_observed.true_score
+
+
+def test_bohb_is_reproducible_under_the_study_name(nmt):
+    def run():
+        ctx = Context(
+            task=nmt.task("material-so-en"),
+            offline=[],
+            seed=3,
+            budget=6,
+            evaluations={},
+            study_name="nmt/material-so-en/bohb/seed3",
+        )
+        return [(t.params, t.state) for t in get_method("bohb")(ctx).trials]
+
+    assert run() == run()
 
 
 def test_every_study_is_in_one_storage_with_cost_attrs(small_run):

@@ -112,6 +112,7 @@ def _run_job(job: Job) -> tuple[list[optuna.trial.FrozenTrial], str, dict[str, A
         seed=stable_seed(job.dataset, job.seed),
         budget=spec.budget,
         evaluations={},
+        study_name=job.study_name,
     )
     study = get_method(job.method)(ctx)
     return study.trials, ctx.task.direction, outcome(study, ctx, protocol=spec.protocol)

@@ -38,6 +38,8 @@ class Context:
     budget: int
     #: Filled by the objective as trials finish: trial number -> what the run showed.
     evaluations: dict[int, Evaluation]
+    #: The study's name; Hyperband assigns brackets by hashing it, so it must be fixed.
+    study_name: str
 
     def objective(self, *, cost_budget: bool = False) -> Callable[[optuna.trial.Trial], float]:
         """The task's replay objective, recording each evaluation in ``self.evaluations``."""
@@ -59,6 +61,7 @@ class Context:
     ) -> optuna.Study:
         """A fresh in-memory study in the task's direction; no pruning unless ``pruner``."""
         return optuna.create_study(
+            study_name=self.study_name,
             direction=self.task.direction,
             sampler=sampler,
             pruner=pruner or optuna.pruners.NopPruner(),
