@@ -214,9 +214,3 @@ def test_truncated_gzip_is_named(tmp_path, capsys):
     (tmp_path / "nmt" / "nmtlc-scratch.jsonl.gz").write_bytes(gzip.compress(raw))
     code = main(_bench_argv("nmt", tmp_path))
     assert code == 2 and "unreadable" in capsys.readouterr().err
-
-
-def test_data_dir_falls_back_to_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("AUTOPIPE_DATA", str(tmp_path))
-    assert data_root() == Path(tmp_path)
-    assert data_root("elsewhere") == Path("elsewhere")
