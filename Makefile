@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
 QUICK := --budget 15 --seeds 2 --methods random,tpe,gp,bohb,random1,global,smac
 
-.PHONY: install demo test lint bench-quick bench
+.PHONY: install demo test lint bench-quick bench reference-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,3 +42,11 @@ bench: $(STAMP)
 	$(VENV)/bin/autopipe bench --benchmark nmt --seeds 5 --out runs/bench/nmt
 	$(VENV)/bin/autopipe bench --benchmark nmt --seeds 5 --protocol lodo --out runs/bench/nmt-lodo
 	$(VENV)/bin/autopipe bench --benchmark lcbench --seeds 5 --out runs/bench/lcbench
+
+# Baselines under the independent check's settings (../shared/benchmarks/README.md): 10 seeds,
+# LCBench without observation noise. Compare with docs/benchmarks.md.
+REFERENCE := --methods random,tpe,gp,global --seeds 10
+reference-check: $(STAMP)
+	$(VENV)/bin/autopipe bench --benchmark nmt $(REFERENCE) --out runs/reference/nmt
+	$(VENV)/bin/autopipe bench --benchmark nmt $(REFERENCE) --protocol lodo --out runs/reference/nmt-lodo
+	$(VENV)/bin/autopipe bench --benchmark lcbench $(REFERENCE) --noise-sd 0 --out runs/reference/lcbench

@@ -67,15 +67,13 @@ def test_costs_follow_the_budget(small_run):
     assert (bohb.cost <= 3 + 1e-9).all() and (bohb.cost > 2.5).all()
 
 
+def _bohb_context(task, *, seed: int, budget: int) -> Context:
+    name = f"nmt/{task.name}/bohb/seed{seed}"
+    return Context(task=task, offline=[], seed=seed, budget=budget, evaluations={}, study_name=name)
+
+
 def test_bohb_prunes_on_the_learning_curve_and_spends_exactly_its_budget(nmt):
-    ctx = Context(
-        task=nmt.task("material-sw-en"),
-        offline=[],
-        seed=0,
-        budget=15,
-        evaluations={},
-        study_name="bohb-test",
-    )
+    ctx = _bohb_context(nmt.task("material-sw-en"), seed=0, budget=15)
     study = get_method("bohb")(ctx)
     pruned = [e for e in ctx.evaluations.values() if e.fidelity < 1]
     assert len(pruned) >= 5 and len(ctx.evaluations) > 15
@@ -90,14 +88,7 @@ def test_bohb_prunes_on_the_learning_curve_and_spends_exactly_its_budget(nmt):
 
 def test_bohb_is_reproducible_under_the_study_name(nmt):
     def run():
-        ctx = Context(
-            task=nmt.task("material-so-en"),
-            offline=[],
-            seed=3,
-            budget=6,
-            evaluations={},
-            study_name="nmt/material-so-en/bohb/seed3",
-        )
+        ctx = _bohb_context(nmt.task("material-so-en"), seed=3, budget=6)
         return [(t.params, t.state) for t in get_method("bohb")(ctx).trials]
 
     assert run() == run()
