@@ -142,12 +142,11 @@ class ReplayTask(abc.ABC):
         prefix has converged early and is complete too).
         """
         curve = self.curve(config, rng)
-        n = (
-            len(curve.values)
-            if fraction >= 1.0
-            else min(self.prefix_steps(fraction), len(curve.values))
-        )
-        return self._evaluation(curve, n)
+        return self._evaluation(curve, self._stop(fraction, len(curve.values)))
+
+    def _stop(self, fraction: float, total: int) -> int:
+        """Steps a run of ``total`` recorded steps makes when stopped at ``fraction``."""
+        return total if fraction >= 1.0 else min(self.prefix_steps(fraction), total)
 
     def _evaluation(self, curve: Curve, n: int) -> Evaluation:
         total = len(curve.values)
@@ -185,7 +184,7 @@ class ReplayTask(abc.ABC):
             if curve.config != config:
                 trial.set_user_attr("mapped_to", curve.config)
             total = len(curve.values)
-            stop = total if fraction >= 1.0 else min(self.prefix_steps(fraction), total)
+            stop = self._stop(fraction, total)
             for n in range(1, stop + 1):
                 if budget is not None and spent[0] + n / total > budget + 1e-9:
                     if n > 1:
