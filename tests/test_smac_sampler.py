@@ -186,3 +186,23 @@ def test_missing_smac_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "smac", None)
     with pytest.raises(ImportError, match=r"optuna-autopipe\[smac\]"):
         SmacSampler()
+
+
+def test_harness_smac_results_do_not_depend_on_the_callers_hash_seed(tmp_path):
+    """SMAC depends on PYTHONHASHSEED; the harness pins it in its workers."""
+    import os
+    import subprocess
+    import sys
+
+    tables = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / hash_seed
+        argv = ["bench", "--benchmark", "nmt", "--methods", "smac", "--datasets", "ted-ru-en"]
+        argv += ["--budget", "8", "--seeds", "1", "--workers", "1", "--out", str(out)]
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        code = "import sys; from optuna_autopipe.cli import main; sys.exit(main(sys.argv[1:]))"
+        subprocess.run(
+            [sys.executable, "-c", code, *argv], env=env, check=True, capture_output=True
+        )
+        tables.append((out / "results.csv").read_text().splitlines()[1])
+    assert tables[0] == tables[1]

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -87,13 +88,35 @@ def run_bench(spec: BenchSpec) -> Outputs:
     started = time.perf_counter()
     with (
         tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="studies", unit="study") as bar,
-        ProcessPoolExecutor(max_workers=max(1, spec.workers)) as pool,
+        _fixed_hash_seed(),
+        ProcessPoolExecutor(
+            max_workers=max(1, spec.workers), mp_context=multiprocessing.get_context("spawn")
+        ) as pool,
     ):
         for job, result in zip(todo, pool.map(_run_job, todo), strict=True):
             _store(storage, job, *result)
             bar.update()
     wall = time.perf_counter() - started
     return write_outputs(storage, benchmark, jobs, spec, wall_seconds=wall)
+
+
+@contextlib.contextmanager
+def _fixed_hash_seed() -> Iterator[None]:
+    """Start worker processes with ``PYTHONHASHSEED=0``.
+
+    SMAC's suggestions depend on Python's per-process string-hash seed (measured: the same
+    seed gives different trials under different ``PYTHONHASHSEED``), so workers are spawned
+    with a fixed one to make every study reproducible. The caller's environment is restored.
+    """
+    previous = os.environ.get("PYTHONHASHSEED")
+    os.environ["PYTHONHASHSEED"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["PYTHONHASHSEED"]
+        else:
+            os.environ["PYTHONHASHSEED"] = previous
 
 
 @cache
