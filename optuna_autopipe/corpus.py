@@ -1,0 +1,280 @@
+"""The offline corpus: past runs grouped by dataset, with each dataset's meta-features.
+
+Sources: past Optuna studies (one per dataset), the recorded benchmarks, or a JSONL file.
+
+File format (``Corpus.save`` / ``Corpus.load``), one JSON object per line:
+
+- ``{"kind": "space", "space": {param: optuna distribution JSON}}`` (first line);
+- ``{"kind": "dataset", "name": str, "group": str, "direction": "minimize"|"maximize",
+  "features": {name: float|null}}``;
+- ``{"kind": "run", "dataset": str, "config": {param: value}, "score": float,
+  "cost": float|null, "dynamics": {metric: [[step, value], ...]}|null}``.
+
+Only full-fidelity results are runs; ``group`` names datasets that are subsets of one
+underlying dataset (they form one ranking group).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
+from optuna.trial import TrialState
+
+from optuna_autopipe.space import union_space
+
+_logger = logging.getLogger(__name__)
+
+PROFILE_ATTR = "autopipe:dataset_profile"
+
+
+@dataclass
+class DatasetRuns:
+    """One dataset's past runs: configurations and final scores, shape ``(n,)``."""
+
+    name: str
+    direction: str
+    features: dict[str, float]
+    configs: list[dict[str, Any]]
+    scores: np.ndarray
+    group: str = ""
+    costs: list[float | None] = field(default_factory=list)
+    dynamics: list[dict[str, list[list[float]]] | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.name
+        self.scores = np.asarray(self.scores, dtype=float)
+        if self.direction not in ("minimize", "maximize"):
+            raise ValueError(
+                f"Dataset {self.name!r}: direction must be 'minimize' or 'maximize', "
+                f"got {self.direction!r}."
+            )
+        if len(self.configs) != len(self.scores):
+            raise ValueError(
+                f"Dataset {self.name!r}: {len(self.configs)} configs, {len(self.scores)} scores."
+            )
+        bad = ~np.isfinite(self.scores)
+        if bad.any():
+            raise ValueError(
+                f"Dataset {self.name!r} has {int(bad.sum())} non-finite scores (NaN/inf) at rows "
+                f"{np.flatnonzero(bad)[:10].tolist()}; drop those runs or record them as failed."
+            )
+        self.costs = self.costs or [None] * len(self.configs)
+        self.dynamics = self.dynamics or [None] * len(self.configs)
+
+    @property
+    def utility(self) -> np.ndarray:
+        """Scores oriented so that higher is better, shape ``(n,)``."""
+        return self.scores if self.direction == "maximize" else -self.scores
+
+
+@dataclass
+class Corpus:
+    """Past runs of several datasets over one (union) search space."""
+
+    space: dict[str, BaseDistribution]
+    datasets: list[DatasetRuns]
+
+    def __post_init__(self) -> None:
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Corpus has duplicate dataset names: {names}.")
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Union of the datasets' meta-feature names, sorted."""
+        return sorted({k for d in self.datasets for k in d.features})
+
+    def dataset(self, name: str) -> DatasetRuns:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise ValueError(
+            f"Dataset {name!r} is not in the corpus ({[d.name for d in self.datasets]})."
+        )
+
+    def without(self, names: Iterable[str]) -> Corpus:
+        """The corpus minus some datasets (for leave-one-dataset-out)."""
+        drop = set(names)
+        return Corpus(self.space, [d for d in self.datasets if d.name not in drop])
+
+    def require_training_data(self) -> None:
+        """Raise unless the corpus can train a ranker (two groups with two runs each)."""
+        usable = [d for d in self.datasets if len(d.configs) >= 2]
+        if len({d.group for d in usable}) < 2:
+            raise ValueError(
+                f"A prior needs past runs on at least 2 datasets (with 2+ runs each); this "
+                f"corpus has {len(usable)} usable of {len(self.datasets)}. Add studies of "
+                "other datasets."
+            )
+
+    # --- sources -------------------------------------------------------------------------
+
+    @classmethod
+    def from_tasks(cls, tasks: Sequence[Any], *, groups: Mapping[str, str] | None = None) -> Corpus:
+        """From benchmark replays: each task's reference pool with its true scores."""
+        datasets = []
+        for task in tasks:
+            configs, scores = task.pool()
+            datasets.append(
+                DatasetRuns(
+                    name=task.name,
+                    direction=task.direction,
+                    features=task.dataset_features,
+                    configs=list(configs),
+                    scores=scores,
+                    group=(groups or {}).get(task.name, task.name),
+                )
+            )
+        return cls(union_space([t.search_space for t in tasks]), datasets)
+
+    @classmethod
+    def from_studies(
+        cls, storage: str | optuna.storages.BaseStorage, study_names: Sequence[str]
+    ) -> Corpus:
+        """From past studies, one per dataset, meta-features in the study user attr
+        ``autopipe:dataset_profile`` (a ``DatasetProfile`` JSON or a flat ``{name: value}``).
+
+        Only COMPLETE trials at full fidelity (user attr ``fidelity`` absent or 1) are runs;
+        the others are skipped and counted in the log.
+        """
+        datasets, spaces = [], []
+        for name in study_names:
+            try:
+                study = optuna.load_study(study_name=name, storage=storage)
+            except KeyError as exc:
+                raise ValueError(f"Study {name!r} not found in the storage.") from exc
+            if len(study.directions) != 1:
+                raise ValueError(f"Study {name!r} is multi-objective; a corpus needs one score.")
+            runs = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if float(t.user_attrs.get("fidelity", 1.0)) >= 1.0
+                and t.value is not None
+                and math.isfinite(t.value)
+            ]
+            skipped = len(study.trials) - len(runs)
+            if skipped:
+                _logger.info(
+                    "study %s: %d trials skipped (not COMPLETE at full fidelity, or non-finite)",
+                    name,
+                    skipped,
+                )
+            for trial in runs:
+                spaces.append(trial.distributions)
+            datasets.append(
+                DatasetRuns(
+                    name=name,
+                    direction=study.direction.name.lower(),
+                    features=_features_from_attr(name, study.user_attrs.get(PROFILE_ATTR)),
+                    configs=[dict(t.params) for t in runs],
+                    scores=np.array([t.value for t in runs]),
+                    group=str(study.user_attrs.get("autopipe:dataset_group", name)),
+                    costs=[t.user_attrs.get("cost") for t in runs],
+                    dynamics=[t.user_attrs.get("autopipe:dynamics") for t in runs],
+                )
+            )
+        return cls(union_space(spaces), datasets)
+
+    def save(self, path: str | Path) -> None:
+        """Write the corpus as JSONL (format in the module docstring)."""
+        with Path(path).open("w") as out:
+            space = {n: distribution_to_json(d) for n, d in self.space.items()}
+            out.write(json.dumps({"kind": "space", "space": space}) + "\n")
+            for d in self.datasets:
+                features = {k: None if math.isnan(v) else v for k, v in d.features.items()}
+                head = {
+                    "kind": "dataset",
+                    "name": d.name,
+                    "group": d.group,
+                    "direction": d.direction,
+                    "features": features,
+                }
+                out.write(json.dumps(head) + "\n")
+                for config, score, cost, dynamics in zip(
+                    d.configs, d.scores.tolist(), d.costs, d.dynamics, strict=True
+                ):
+                    run = {
+                        "kind": "run",
+                        "dataset": d.name,
+                        "config": config,
+                        "score": score,
+                        "cost": cost,
+                        "dynamics": dynamics,
+                    }
+                    out.write(json.dumps(run) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Corpus:
+        """Read a JSONL corpus; errors name the file and line."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"Corpus file {path} not found.")
+        space: dict[str, BaseDistribution] | None = None
+        heads: dict[str, dict[str, Any]] = {}
+        runs: dict[str, list[dict[str, Any]]] = {}
+        with path.open() as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    kind = record["kind"]
+                    if kind == "space":
+                        space = {n: json_to_distribution(d) for n, d in record["space"].items()}
+                    elif kind == "dataset":
+                        heads[record["name"]] = record
+                        runs.setdefault(record["name"], [])
+                    elif kind == "run":
+                        runs.setdefault(record["dataset"], []).append(record)
+                    else:
+                        raise ValueError(f"unknown kind {kind!r}")
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ValueError(
+                        f"{path}, line {number}: not a corpus record ({exc!r}); see the format "
+                        "in optuna_autopipe/corpus.py."
+                    ) from exc
+        if space is None:
+            raise ValueError(f"{path}: no 'space' record; see optuna_autopipe/corpus.py.")
+        missing = sorted(set(runs) - set(heads))
+        if missing:
+            raise ValueError(f"{path}: runs of datasets without a 'dataset' record: {missing}.")
+        datasets = [
+            DatasetRuns(
+                name=name,
+                direction=head["direction"],
+                features={
+                    k: math.nan if v is None else float(v) for k, v in head["features"].items()
+                },
+                configs=[r["config"] for r in runs[name]],
+                scores=np.array([r["score"] for r in runs[name]], dtype=float),
+                group=head.get("group", name),
+                costs=[r.get("cost") for r in runs[name]],
+                dynamics=[r.get("dynamics") for r in runs[name]],
+            )
+            for name, head in heads.items()
+        ]
+        return cls(space, datasets)
+
+
+def _features_from_attr(study: str, value: Any) -> dict[str, float]:
+    """Dataset features from a study user attr: a profile dict/JSON or ``{name: number}``."""
+    if value is None:
+        _logger.warning(
+            "study %s has no %s user attr: its dataset features are unknown", study, PROFILE_ATTR
+        )
+        return {}
+    if isinstance(value, str):
+        value = json.loads(value)
+    features = value.get("features", value) if isinstance(value, dict) else None
+    if not isinstance(features, dict):
+        raise ValueError(f"Study {study!r}: user attr {PROFILE_ATTR!r} is not a feature mapping.")
+    return {k: math.nan if v is None else float(v) for k, v in features.items()}
