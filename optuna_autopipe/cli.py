@@ -3,6 +3,7 @@
     autopipe bench --benchmark {nmt,lcbench} --methods random,tpe,... --budget 15 --seeds 5 \
         [--storage URL] --out DIR
     autopipe demo [--out DIR]
+    autopipe fit-prior (--storage URL --studies A,B,... | --benchmark NAME) --out DIR
     autopipe data download --benchmark {nmt,lcbench} --data-dir DIR
 """
 
@@ -49,6 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="a short NMT comparison (the README's main job)")
     _bench_arguments(demo, out_default="runs/demo")
 
+    fit = commands.add_parser("fit-prior", help="fit the ranking prior on past runs")
+    source = fit.add_mutually_exclusive_group(required=True)
+    source.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="a recorded benchmark")
+    source.add_argument("--storage", help="storage URL of past studies (with --studies)")
+    fit.add_argument(
+        "--studies", type=_methods, help="comma-separated study names, one per dataset"
+    )
+    fit.add_argument("--out", required=True, help="directory for the saved prior")
+    fit.add_argument("--data-dir", default=None)
+    fit.add_argument("--pool-size", type=_positive, default=2000, help="LCBench runs per task")
+    fit.add_argument("--no-tune", action="store_true", help="skip the grid search")
+
     data = commands.add_parser("data", help="benchmark data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     fetch = data_commands.add_parser("download", help="fetch from the public sources")
@@ -80,10 +93,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             for path in download(args.benchmark, args.data_dir, overwrite=args.overwrite):
                 print(f"wrote {path}")
             return 0
+        if args.command == "fit-prior":
+            return _fit_prior(args)
         return _bench(args)
     except (BenchmarkDataError, ValueError) as exc:
         print(f"autopipe: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _fit_prior(args: argparse.Namespace) -> int:
+    from objectives.registry import load_benchmark
+    from optuna_autopipe.corpus import Corpus
+    from optuna_autopipe.prior import DEFAULT_GRID, fit_prior
+
+    if args.benchmark:
+        benchmark = load_benchmark(args.benchmark, data_dir=args.data_dir, pool_size=args.pool_size)
+        corpus = Corpus.from_tasks(benchmark.tasks, groups=benchmark.groups)
+    elif not args.studies:
+        raise ValueError("--storage needs --studies: the past studies, one per dataset.")
+    else:
+        corpus = Corpus.from_studies(args.storage, args.studies)
+    prior = fit_prior(corpus, grid=DEFAULT_GRID[:1] if args.no_tune else DEFAULT_GRID)
+    prior.save(args.out)
+    print(f"prior fitted on {len(corpus.datasets)} datasets, {prior.record['chosen']}")
+    print(f"saved to {args.out}")
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

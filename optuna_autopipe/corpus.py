@@ -106,6 +106,26 @@ class Corpus:
         drop = set(names)
         return Corpus(self.space, [d for d in self.datasets if d.name not in drop])
 
+    def subsample(self, n: int, *, seed: int = 0) -> Corpus:
+        """At most ``n`` runs per dataset, drawn without replacement (seeded)."""
+        rng = np.random.default_rng(seed)
+        datasets = []
+        for d in self.datasets:
+            keep = np.sort(rng.permutation(len(d.configs))[:n])
+            datasets.append(
+                DatasetRuns(
+                    name=d.name,
+                    direction=d.direction,
+                    features=d.features,
+                    configs=[d.configs[i] for i in keep],
+                    scores=d.scores[keep],
+                    group=d.group,
+                    costs=[d.costs[i] for i in keep],
+                    dynamics=[d.dynamics[i] for i in keep],
+                )
+            )
+        return Corpus(self.space, datasets)
+
     def require_training_data(self) -> None:
         """Raise unless the corpus can train a ranker (two groups with two runs each)."""
         usable = [d for d in self.datasets if len(d.configs) >= 2]

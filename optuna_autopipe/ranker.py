@@ -64,6 +64,8 @@ class Ranker:
     n_models: int = 3
     use_dataset_features: bool = True
     seed: int = 0
+    #: XGBoost threads per model (not saved: a runtime choice).
+    n_jobs: int = 1
     encoder: SpaceEncoder | None = None
     dataset_features: list[str] = field(default_factory=list)
     kept_columns: list[str] = field(default_factory=list)
@@ -88,7 +90,7 @@ class Ranker:
             model = xgb.XGBRanker(
                 objective="rank:pairwise",
                 random_state=self.seed + i,
-                n_jobs=1,
+                n_jobs=self.n_jobs,
                 tree_method="hist",
                 **asdict(self.params),
             )
