@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
 QUICK := --budget 15 --seeds 2 --methods random,tpe,gp,bohb,random1,global,smac
 
-.PHONY: install demo test lint bench-quick bench reference-check
+.PHONY: install demo test lint bench-quick bench reference-check bench-prior
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,3 +50,7 @@ reference-check: $(STAMP)
 	$(VENV)/bin/autopipe bench --benchmark nmt $(REFERENCE) --out runs/reference/nmt
 	$(VENV)/bin/autopipe bench --benchmark nmt $(REFERENCE) --protocol lodo --out runs/reference/nmt-lodo
 	$(VENV)/bin/autopipe bench --benchmark lcbench $(REFERENCE) --noise-sd 0 --out runs/reference/lcbench
+
+# Offline prior: fit time on both benchmarks, time to score 50,000 candidates, peak memory.
+bench-prior: $(STAMP)
+	$(PY) benchmarks/prior_speed.py
