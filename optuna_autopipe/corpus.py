@@ -29,11 +29,10 @@ import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 from optuna.trial import TrialState
 
+from optuna_autopipe.profile import PROFILE_ATTR
 from optuna_autopipe.space import union_space
 
 _logger = logging.getLogger(__name__)
-
-PROFILE_ATTR = "autopipe:dataset_profile"
 
 
 @dataclass
