@@ -4,6 +4,7 @@
         [--storage URL] --out DIR
     autopipe demo [--out DIR]
     autopipe fit-prior (--storage URL --studies A,B,... | --benchmark NAME) --out DIR
+    autopipe prior-report --benchmark {nmt,lcbench} --out DIR
     autopipe data download --benchmark {nmt,lcbench} --data-dir DIR
 """
 
@@ -18,8 +19,8 @@ from pathlib import Path
 from objectives.data import BenchmarkDataError, download
 from objectives.registry import BENCHMARKS
 
-DEFAULT_METHODS = "random,tpe,gp,bohb,random1,global,smac"
-DEMO_METHODS = "random,tpe,gp,bohb,random1,global"
+DEFAULT_METHODS = "random,tpe,gp,bohb,random1,global,offline,smac"
+DEMO_METHODS = "random,tpe,gp,bohb,random1,global,offline"
 
 
 def _methods(text: str) -> list[str]:
@@ -62,6 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--pool-size", type=_positive, default=2000, help="LCBench runs per task")
     fit.add_argument("--no-tune", action="store_true", help="skip the grid search")
 
+    report = commands.add_parser(
+        "prior-report", help="leave-one-dataset-out ranking metrics of the prior"
+    )
+    report.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    report.add_argument("--out", required=True, help="directory for prior_report.csv and .md")
+    report.add_argument("--protocol", choices=("grouped", "lodo"), default="grouped")
+    report.add_argument("--data-dir", default=None)
+    report.add_argument("--pool-size", type=_positive, default=2000, help="LCBench runs per task")
+    report.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
+
     data = commands.add_parser("data", help="benchmark data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     fetch = data_commands.add_parser("download", help="fetch from the public sources")
@@ -95,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "fit-prior":
             return _fit_prior(args)
+        if args.command == "prior-report":
+            return _prior_report(args)
         return _bench(args)
     except (BenchmarkDataError, ValueError) as exc:
         print(f"autopipe: error: {exc}", file=sys.stderr)
@@ -117,6 +130,23 @@ def _fit_prior(args: argparse.Namespace) -> int:
     prior.save(args.out)
     print(f"prior fitted on {len(corpus.datasets)} datasets, {prior.record['chosen']}")
     print(f"saved to {args.out}")
+    return 0
+
+
+def _prior_report(args: argparse.Namespace) -> int:
+    from optuna_autopipe.diagnostics import format_report, prior_report
+
+    table = prior_report(
+        benchmark=args.benchmark,
+        out=Path(args.out),
+        protocol=args.protocol,
+        data_dir=args.data_dir,
+        pool_size=args.pool_size,
+        workers=args.workers,
+    )
+    print(format_report(table))
+    print(f"wrote {Path(args.out) / 'prior_report.csv'} and prior_report.md")
+    print(f"wall time: {table.attrs['wall_seconds']:.0f} s")
     return 0
 
 

@@ -11,6 +11,7 @@ evaluate one configuration.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 from collections.abc import Callable
@@ -82,16 +83,25 @@ def register(name: str) -> Callable[[Method], Method]:
     return add
 
 
+#: Methods registered by their own modules, imported on first use (optional dependencies).
+_LAZY = {
+    "smac": ("optuna_autopipe.bench.smac_method", "smac"),
+    "offline": ("optuna_autopipe.bench.offline_method", None),
+}
+
+
 def get_method(name: str) -> Method:
     """The method registered as ``name``; a clear error lists the known names otherwise."""
-    if name == "smac" and name not in METHODS:
-        if importlib.util.find_spec("smac") is None:
+    if name in _LAZY and name not in METHODS:
+        module, requirement = _LAZY[name]
+        if requirement and importlib.util.find_spec(requirement) is None:
             raise ValueError(
-                "Method 'smac' needs the smac package: pip install 'optuna-autopipe[smac]'."
+                f"Method {name!r} needs the {requirement} package: "
+                f"pip install 'optuna-autopipe[{requirement}]'."
             )
-        from optuna_autopipe.bench import smac_method  # noqa: F401  (registers on import)
+        importlib.import_module(module)
     if name not in METHODS:
-        raise ValueError(f"Unknown method {name!r}; choose from {sorted([*METHODS, 'smac'])}.")
+        raise ValueError(f"Unknown method {name!r}; choose from {sorted({*METHODS, *_LAZY})}.")
     return METHODS[name]
 
 

@@ -1,0 +1,179 @@
+"""Offline diagnostics of the ranking prior (the paper's Table 5 / appendix D.2 metrics).
+
+Leave-one-dataset-out over every dataset of a recorded benchmark. For each held-out dataset
+the candidates are its own corpus configurations with their true scores; each model gives
+a predicted score per candidate, scored with ``ranking_metrics``:
+
+- ``ranker``: the XGBoost ranking ensemble fitted on the training datasets, with the
+  datasets' meta-features;
+- ``ranker-nodata``: the same without meta-features (configuration columns only);
+- ``global``: minus the mean scaled rank of each candidate over the training datasets (the
+  ``global`` benchmark method's criterion, applied to the held-out dataset's candidates; the
+  method itself picks among the training datasets' configurations, so its choice can differ).
+
+With ``protocol="grouped"`` the held-out dataset's whole group is removed from training (as
+``Benchmark.offline`` does). Folds run in spawned worker processes, one XGBoost thread each.
+
+Outputs in ``out``: ``prior_report.csv`` (columns ``model, dataset, metric, value``; dataset
+``mean`` rows average over the held-out datasets) and ``prior_report.md`` (model x metric
+means ± standard error across held-out datasets).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from objectives.registry import Benchmark, Protocol, load_benchmark
+from optuna_autopipe.bench.methods import _key, _scaled_rank
+from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.metrics import METRICS, ranking_metrics
+from optuna_autopipe.ranker import Ranker, RankerParams
+
+MODELS = ("ranker", "ranker-nodata", "global")
+COLUMNS = ["model", "dataset", "metric", "value"]
+MEAN = "mean"
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """One held-out dataset of one report (picklable, sent to a worker)."""
+
+    benchmark: str
+    data_dir: str | None
+    pool_size: int
+    protocol: Protocol
+    dataset: str
+    params: RankerParams = field(default_factory=RankerParams)
+
+
+def prior_report(
+    *,
+    benchmark: str,
+    out: Path,
+    protocol: Protocol = "grouped",
+    data_dir: str | None = None,
+    pool_size: int = 2000,
+    workers: int = os.cpu_count() or 1,
+    ranker_params: RankerParams | None = None,
+) -> pd.DataFrame:
+    """Leave-one-dataset-out ranking metrics of the prior models; writes the CSV and the table.
+
+    ``pool_size``: LCBench configurations per task (NMT uses its recorded runs). ``workers``:
+    parallel folds (1 runs them in this process). Returns the rows of ``prior_report.csv``.
+    """
+    if protocol not in ("lodo", "grouped"):
+        raise ValueError(f"Unknown protocol {protocol!r}; choose 'lodo' or 'grouped'.")
+    if pool_size < 2:
+        raise ValueError(f"pool_size must be >= 2, got {pool_size}.")
+    params = ranker_params or RankerParams()
+    names = [t.name for t in _benchmark(benchmark, data_dir, pool_size).tasks]
+    folds = [_Fold(benchmark, data_dir, pool_size, protocol, name, params) for name in names]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    workers = max(1, min(workers, len(folds)))
+    with tqdm(total=len(folds), desc="folds", unit="fold") as bar:
+        if workers == 1:
+            results = []
+            for fold in folds:
+                results.append(_run_fold(fold))
+                bar.update()
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                results = []
+                for rows in pool.map(_run_fold, folds):
+                    results.append(rows)
+                    bar.update()
+    wall = time.perf_counter() - started
+    table = pd.DataFrame([row for rows in results for row in rows], columns=COLUMNS)
+    means = (
+        table.groupby(["model", "metric"], sort=False)["value"]
+        .mean()
+        .reset_index()
+        .assign(dataset=MEAN)[COLUMNS]
+    )
+    table = pd.concat([table, means], ignore_index=True)
+    order = {m: i for i, m in enumerate(MODELS)}
+    table = table.sort_values("model", key=lambda s: s.map(order), kind="stable")
+    table = table.reset_index(drop=True)
+    table.attrs["wall_seconds"] = wall
+    table.to_csv(out / "prior_report.csv", index=False)
+    title = (
+        f"# Prior diagnostics: {benchmark}, {protocol} leave-one-dataset-out, "
+        f"{len(names)} held-out datasets"
+    )
+    note = (
+        "Mean ± standard error across held-out datasets. Candidates: each held-out dataset's "
+        f"corpus configurations (LCBench: {pool_size} per task). regret is normalised by "
+        "|best − median|; recall@k is 1 when a best configuration is in the top k."
+    )
+    (out / "prior_report.md").write_text(
+        f"{title}\n\n{note}\n\n{format_report(table)}\n\nwall time: {wall:.0f} s\n"
+    )
+    return table
+
+
+def format_report(df: pd.DataFrame) -> str:
+    """A markdown table model x metric of the means ± s.e. across held-out datasets."""
+    folds = df[df["dataset"] != MEAN]
+    metrics = [m for m in METRICS if m in set(folds["metric"])]
+    models = list(dict.fromkeys(folds["model"]))
+    stats = folds.groupby(["model", "metric"])["value"].agg(["mean", "std", "count"])
+    lines = [
+        "| model | " + " | ".join(metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for model in models:
+        cells = []
+        for metric in metrics:
+            mean, sd, n = stats.loc[(model, metric)]
+            se = sd / np.sqrt(n) if n > 1 else float("nan")
+            cells.append(f"{mean:.3f} ± {se:.3f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    n_datasets = folds["dataset"].nunique()
+    return "\n".join(lines) + f"\n\n({n_datasets} held-out datasets)"
+
+
+@cache
+def _benchmark(name: str, data_dir: str | None, pool_size: int) -> Benchmark:
+    """The benchmark, loaded once per process (its pools are computed on first use)."""
+    return load_benchmark(name, data_dir=data_dir, pool_size=pool_size)
+
+
+@cache
+def _corpus(name: str, data_dir: str | None, pool_size: int) -> Corpus:
+    """Every dataset's corpus runs, built once per process."""
+    benchmark = _benchmark(name, data_dir, pool_size)
+    return Corpus.from_tasks(benchmark.tasks, groups=benchmark.groups)
+
+
+def _run_fold(fold: _Fold) -> list[tuple[str, str, str, float]]:
+    """Fit the models without ``fold.dataset`` (and its group) and score its candidates."""
+    benchmark = _benchmark(fold.benchmark, fold.data_dir, fold.pool_size)
+    corpus = _corpus(fold.benchmark, fold.data_dir, fold.pool_size)
+    offline = benchmark.offline(fold.dataset, fold.protocol)
+    train = Corpus(corpus.space, [corpus.dataset(t.name) for t in offline])
+    held = corpus.dataset(fold.dataset)
+    predicted: dict[str, np.ndarray] = {}
+    for model, use_features in (("ranker", True), ("ranker-nodata", False)):
+        ranker = Ranker(params=fold.params, use_dataset_features=use_features, n_jobs=1)
+        predicted[model] = ranker.fit(train).raw_scores(held.configs, held.features)
+    predicted["global"] = -np.mean(
+        [[_scaled_rank(task, _key(c), c) for c in held.configs] for task in offline], axis=0
+    )
+    rows = []
+    for model in MODELS:
+        metrics = ranking_metrics(held.utility, predicted[model])
+        rows.extend((model, fold.dataset, name, metrics[name]) for name in METRICS)
+    return rows
