@@ -34,7 +34,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from objectives.registry import Benchmark, Protocol, load_benchmark
-from optuna_autopipe.bench.methods import _key, _scaled_rank
+from optuna_autopipe.bench.methods import config_key, scaled_rank
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.metrics import METRICS, ranking_metrics
 from optuna_autopipe.ranker import Ranker, RankerParams
@@ -170,7 +170,7 @@ def _run_fold(fold: _Fold) -> list[tuple[str, str, str, float]]:
         ranker = Ranker(params=fold.params, use_dataset_features=use_features, n_jobs=1)
         predicted[model] = ranker.fit(train).raw_scores(held.configs, held.features)
     predicted["global"] = -np.mean(
-        [[_scaled_rank(task, _key(c), c) for c in held.configs] for task in offline], axis=0
+        [[scaled_rank(task, config_key(c), c) for c in held.configs] for task in offline], axis=0
     )
     rows = []
     for model in MODELS:

@@ -167,7 +167,7 @@ def global_best(ctx: Context) -> optuna.Study:
         candidates.update(zip(_pool_keys(task), task.pool()[0], strict=True))
     keys = list(candidates)
     mean_rank = np.mean(
-        [[_scaled_rank(task, key, candidates[key]) for key in keys] for task in ctx.offline],
+        [[scaled_rank(task, key, candidates[key]) for key in keys] for task in ctx.offline],
         axis=0,
     )
     best = candidates[keys[int(np.argmin(mean_rank))]]
@@ -179,13 +179,13 @@ def global_best(ctx: Context) -> optuna.Study:
     return study
 
 
-def _key(config: Config) -> str:
+def config_key(config: Config) -> str:
     return json.dumps(config, sort_keys=True)
 
 
 @cache
 def _pool_keys(task: ReplayTask) -> list[str]:
-    return [_key(c) for c in task.pool()[0]]
+    return [config_key(c) for c in task.pool()[0]]
 
 
 @cache
@@ -198,13 +198,13 @@ def _pool_ranks(task: ReplayTask) -> tuple[dict[str, float], np.ndarray]:
     return dict(zip(_pool_keys(task), ranks.tolist(), strict=True)), signed
 
 
-def _scaled_rank(task: ReplayTask, key: str, config: Config) -> float:
+def scaled_rank(task: ReplayTask, key: str, config: Config) -> float:
     """Fraction of ``task``'s pool strictly better than ``config`` (after mapping)."""
     table, signed = _pool_ranks(task)
     if key in table:
         return table[key]
     resolved = task.resolve(config)
-    if _key(resolved) in table:
-        return table[_key(resolved)]
+    if config_key(resolved) in table:
+        return table[config_key(resolved)]
     score = task.true_score(resolved) * task.sign()
     return float(len(signed) - np.searchsorted(signed, score, "right")) / len(signed)
