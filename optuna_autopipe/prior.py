@@ -97,14 +97,15 @@ def fit_prior(
     at most ``tune_rows`` runs per training dataset (a seeded subsample, to keep the search
     cheap), and records nDCG@5 on every held-out dataset; the winner maximises mean + min.
     ``n_jobs``: XGBoost threads per model (-1: all cores; 1 avoids OpenMP spinning on a
-    busy machine).
+    busy machine). With fewer than 3 dataset groups there is nothing to hold out and still
+    train on, so the grid search is skipped and the first grid point is used (recorded).
     """
     corpus.require_training_data()
     sample = corpus.subsample(tune_rows, seed=seed)
     trials = []
     for params in grid:
         ndcg = []
-        if len(grid) > 1:
+        if len(grid) > 1 and len({d.group for d in corpus.datasets}) >= 3:
             for group in _folds(corpus, max_folds):
                 held = [d for d in corpus.datasets if d.group == group]
                 train = sample.without(d.name for d in held)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+
+from optuna_autopipe.cli import main
+from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.prior import DEFAULT_GRID, Prior, fit_prior
+from optuna_autopipe.profile import PROFILE_ATTR
+
+
+@pytest.fixture(scope="module")
+def nmt_prior(nmt, tmp_path_factory):
+    corpus = Corpus.from_tasks(nmt.tasks[:5], groups=nmt.groups)  # 3 families
+    directory = tmp_path_factory.mktemp("prior")
+    fit_prior(corpus).save(directory)
+    return directory
+
+
+def test_grid_search_is_recorded_and_the_winner_maximises_mean_plus_min(nmt_prior):
+    record = json.loads((nmt_prior / "prior.json").read_text())
+    trials = record["grid_search"]
+    assert len(trials) == len(DEFAULT_GRID)
+    best = max(trials, key=lambda t: t["ndcg@5_mean"] + t["ndcg@5_min"])
+    assert record["chosen"] == best["params"]
+    assert set(record["versions"]) == {"optuna_autopipe", "optuna", "xgboost"}
+
+
+def test_loaded_prior_scores_a_new_dataset_and_checks_its_space(nmt_prior, nmt):
+    prior = Prior.load(nmt_prior)
+    task = nmt.task("ted-zh-en")
+    prior.check_space(task.search_space)
+    configs, _ = task.pool()
+    scores = prior.score(configs, task.dataset_features)
+    assert scores.shape == (len(configs),) and np.isfinite(scores).all()
+    with pytest.raises(ValueError, match=r"never saw: \['warmup'\].*expects: \['bpe'\]"):
+        space = dict(task.search_space)
+        del space["bpe"]
+        prior.check_space({**space, "warmup": FloatDistribution(0, 0.1)})
+
+
+def test_cli_fits_a_prior_from_studies_and_from_a_benchmark(tmp_path, nmt, capsys):
+    storage = f"sqlite:///{tmp_path / 'past.db'}"
+    for task in nmt.tasks[:2]:
+        study = optuna.create_study(
+            study_name=task.name,
+            storage=storage,
+            direction=task.direction,
+            sampler=optuna.samplers.RandomSampler(seed=0),
+            pruner=optuna.pruners.NopPruner(),
+        )
+        study.set_user_attr(PROFILE_ATTR, {"name": task.name, "features": task.dataset_features})
+        study.optimize(task.objective(seed=0), n_trials=12)
+    studies = ",".join(t.name for t in nmt.tasks[:2])
+    assert (
+        main(
+            ["fit-prior", "--storage", storage, "--studies", studies, "--out", str(tmp_path / "a")]
+        )
+        == 0
+    )
+    assert Prior.load(tmp_path / "a").record["corpus"] == {t.name: 12 for t in nmt.tasks[:2]}
+    assert main(["fit-prior", "--benchmark", "nmt", "--no-tune", "--out", str(tmp_path / "b")]) == 0
+    assert len(Prior.load(tmp_path / "b").record["grid_search"]) == 1
+    two_groups = Prior.load(tmp_path / "a").record["grid_search"]
+    assert two_groups[0]["ndcg@5_mean"] is None  # 2 groups: nothing to tune on, documented
+    assert (
+        main(["fit-prior", "--storage", storage, "--studies", "nope", "--out", str(tmp_path / "c")])
+        == 2
+    )
+    assert "'nope' not found" in capsys.readouterr().err
