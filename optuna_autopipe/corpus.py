@@ -125,9 +125,14 @@ class Corpus:
             )
         return Corpus(self.space, datasets)
 
+    @property
+    def rankable(self) -> list[DatasetRuns]:
+        """The datasets with at least two runs (a ranking needs a pair)."""
+        return [d for d in self.datasets if len(d.configs) >= 2]
+
     def require_training_data(self) -> None:
         """Raise unless the corpus can train a ranker (two groups with two runs each)."""
-        usable = [d for d in self.datasets if len(d.configs) >= 2]
+        usable = self.rankable
         if len({d.group for d in usable}) < 2:
             raise ValueError(
                 f"A prior needs past runs on at least 2 datasets (with 2+ runs each); this "

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.corpus import Corpus, DatasetRuns
 from optuna_autopipe.space import SpaceEncoder
 
 
@@ -78,9 +78,10 @@ class Ranker:
         corpus.require_training_data()
         self.encoder = SpaceEncoder(corpus.space)
         self.dataset_features = corpus.feature_names if self.use_dataset_features else []
-        x, labels, groups = self._training_rows(corpus)
+        datasets = corpus.rankable
+        x, labels, groups = self._training_rows(datasets)
         all_columns = self.encoder.columns + self.dataset_features
-        keep = self._filter(corpus, x, all_columns)
+        keep = self._filter(datasets, x, all_columns)
         self.kept_columns = [c for c, k in zip(all_columns, keep, strict=True) if k]
         x = x[:, keep]
         order = np.argsort(groups, kind="stable")
@@ -98,13 +99,14 @@ class Ranker:
             self.models.append(model)
         return self
 
-    def _training_rows(self, corpus: Corpus) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _training_rows(
+        self, datasets: Sequence[DatasetRuns]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows, labels and group ids of ``datasets``, stacked in order."""
         assert self.encoder is not None
         blocks, labels, groups = [], [], []
-        group_ids = {g: i for i, g in enumerate(sorted({d.group for d in corpus.datasets}))}
-        for d in corpus.datasets:
-            if len(d.configs) < 2:
-                continue
+        group_ids = {g: i for i, g in enumerate(sorted({d.group for d in datasets}))}
+        for d in datasets:
             blocks.append(self._rows(d.configs, d.features, filtered=False))
             utility = d.utility
             percentile = (np.argsort(np.argsort(utility, kind="stable")) + 0.5) / len(utility)
@@ -125,13 +127,15 @@ class Ranker:
         index = {c: i for i, c in enumerate(all_columns)}
         return rows[:, [index[c] for c in self.kept_columns]]
 
-    def _filter(self, corpus: Corpus, x: np.ndarray, columns: list[str]) -> np.ndarray:
+    def _filter(
+        self, datasets: Sequence[DatasetRuns], x: np.ndarray, columns: list[str]
+    ) -> np.ndarray:
+        """Keep mask over ``columns``; ``x`` stacks ``datasets``' rows in order."""
         assert self.encoder is not None
         n_config = len(self.encoder.columns)
         keep = np.ones(len(columns), dtype=bool)
         flags = np.zeros(n_config)
         start = 0
-        datasets = [d for d in corpus.datasets if len(d.configs) >= 2]
         for d in datasets:
             block = x[start : start + len(d.configs), :n_config]
             start += len(d.configs)
