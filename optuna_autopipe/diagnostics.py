@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from objectives.registry import Benchmark, Protocol, load_benchmark
 from optuna_autopipe.bench.methods import config_key, scaled_rank
+from optuna_autopipe.bench.report import mean_se
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.metrics import METRICS, ranking_metrics
 from optuna_autopipe.ranker import Ranker, RankerParams
@@ -129,17 +130,13 @@ def format_report(df: pd.DataFrame) -> str:
     folds = df[df["dataset"] != MEAN]
     metrics = [m for m in METRICS if m in set(folds["metric"])]
     models = list(dict.fromkeys(folds["model"]))
-    stats = folds.groupby(["model", "metric"])["value"].agg(["mean", "std", "count"])
     lines = [
         "| model | " + " | ".join(metrics) + " |",
         "|---|" + "---:|" * len(metrics),
     ]
     for model in models:
-        cells = []
-        for metric in metrics:
-            mean, sd, n = stats.loc[(model, metric)]
-            se = sd / np.sqrt(n) if n > 1 else float("nan")
-            cells.append(f"{mean:.3f} ± {se:.3f}")
+        rows = folds[folds["model"] == model]
+        cells = [mean_se(rows[rows["metric"] == metric]["value"]) for metric in metrics]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     n_datasets = folds["dataset"].nunique()
     return "\n".join(lines) + f"\n\n({n_datasets} held-out datasets)"

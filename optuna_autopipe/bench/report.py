@@ -139,7 +139,8 @@ def _references(
     return references
 
 
-def _mean_se(values: pd.Series) -> str:
+def mean_se(values: pd.Series) -> str:
+    """``mean ± standard error`` to 3 decimals (the mean alone for fewer than 2 values)."""
     values = values.dropna()
     if len(values) < 2:
         return f"{values.mean():.3f}"
@@ -165,7 +166,7 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
     for method in methods:
         rows = per_dataset.loc[method]
         lines.append(
-            f"| {method} | {_mean_se(rows['normalized_regret'])} | {_mean_se(rows['regret'])} "
+            f"| {method} | {mean_se(rows['normalized_regret'])} | {mean_se(rows['regret'])} "
             f"| {rows['cost'].mean():.2f} | {rows['cost_real'].mean():.4g} "
             f"| {rows['n_evals'].mean():.1f} |"
         )
@@ -179,7 +180,7 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
     ]
     for method in methods:
         cells = [
-            _mean_se(table[(table.method == method) & (table.dataset == d)]["normalized_regret"])
+            mean_se(table[(table.method == method) & (table.dataset == d)]["normalized_regret"])
             for d in datasets
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
