@@ -5,6 +5,10 @@ surrogate is smooth and noise-free, which makes early stopping unrealistically e
 curve a method sees carries i.i.d. Gaussian observation noise (``noise_sd`` accuracy points
 per epoch, default 1.0; 0 turns it off). The true score used for regret is noise-free.
 
+Training dynamics: per epoch, the observed validation accuracy, balanced accuracy (same
+noise) and cross-entropy (multiplicative noise ``exp(N(0, noise_sd / 100))``); the
+surrogate's test metrics are never shown.
+
 Cost: the surrogate's predicted cumulative training time (seconds) at the epoch reached;
 full-run equivalents are epochs / 52.
 
@@ -48,7 +52,15 @@ SEARCH_SPACE: dict[str, BaseDistribution] = {
     "max_units": IntDistribution(64, 1024, log=True),
     "max_dropout": FloatDistribution(0.0, 1.0),
 }
-_TIME, _VAL_ACCURACY = 0, 1
+#: The surrogate's output columns.
+OUTPUTS = (
+    "time",
+    "val_accuracy",
+    "val_cross_entropy",
+    "val_balanced_accuracy",
+    "test_cross_entropy",
+    "test_balanced_accuracy",
+)
 _POOL_SEED = 20211
 _DIR = "lcbench-yahpo"
 
@@ -74,11 +86,15 @@ class Surrogate:
             raise corrupt(model, "lcbench", exc) from exc
 
     def predict(
-        self, task: str, configs: Sequence[Mapping[str, Any]], epochs: Sequence[int]
+        self,
+        task: str,
+        configs: Sequence[Mapping[str, Any]],
+        epochs: Sequence[int],
+        outputs: Sequence[str] = ("time", "val_accuracy"),
     ) -> np.ndarray:
-        """Outputs at the given epochs of each config, shape ``(len(configs), len(epochs), 2)``.
+        """``outputs`` at the given epochs of each config, shape ``(configs, epochs, outputs)``.
 
-        The last axis is (cumulative time in seconds, validation accuracy in percent).
+        Time is cumulative seconds, accuracies are percent (names in ``OUTPUTS``).
         """
         x = np.array([[float(c[p]) for p in PARAMS] for c in configs], dtype=np.float32)
         n, m = len(configs), len(epochs)
@@ -87,7 +103,8 @@ class Surrogate:
         x_cont[:, :, 1:] = x[:, None, :]
         x_cat = np.full((n * m, 1), self.codes[task], dtype=np.int32)
         out = self._session.run(None, {"x_cat": x_cat, "x_cont": x_cont.reshape(-1, 8)})[0]
-        return out.reshape(n, m, -1)[:, :, [_TIME, _VAL_ACCURACY]].astype(float)
+        columns = [OUTPUTS.index(name) for name in outputs]
+        return out.reshape(n, m, -1)[:, :, columns].astype(float)
 
 
 class LCBenchTask(ReplayTask):
@@ -97,6 +114,7 @@ class LCBenchTask(ReplayTask):
     direction = "maximize"
     cost_unit = "surrogate seconds"
     reduce = "last"
+    metric = "val_accuracy"
 
     def __init__(
         self,
@@ -128,11 +146,29 @@ class LCBenchTask(ReplayTask):
         return dict(self._features)
 
     def curve(self, config: Mapping[str, Any], rng: np.random.Generator) -> Curve:
-        out = self._surrogate.predict(self.name, [config], range(1, EPOCHS + 1))[0]
-        values = out[:, 1] + rng.normal(0.0, self.noise_sd, EPOCHS) if self.noise_sd else out[:, 1]
-        costs = np.maximum.accumulate(np.clip(out[:, 0], 0.0, None))
-        plain = {p: config[p] for p in PARAMS}
-        return Curve(values=values, costs=costs, true_score=float(out[-1, 1]), config=plain)
+        return self.curves([config], rng)[0]
+
+    def curves(self, configs: Sequence[Mapping[str, Any]], rng: np.random.Generator) -> list[Curve]:
+        names = ("time", "val_accuracy", "val_balanced_accuracy", "val_cross_entropy")
+        out = self._surrogate.predict(self.name, configs, range(1, EPOCHS + 1), names)
+        curves = []
+        for config, (time, accuracy, balanced, entropy) in zip(
+            configs, out.transpose(0, 2, 1), strict=True
+        ):
+            noise = rng.normal(0.0, self.noise_sd, (3, EPOCHS))
+            curves.append(
+                Curve(
+                    values=accuracy + noise[0],
+                    costs=np.maximum.accumulate(np.clip(time, 0.0, None)),
+                    true_score=float(accuracy[-1]),
+                    config={p: config[p] for p in PARAMS},
+                    extras={
+                        "val_balanced_accuracy": balanced + noise[1],
+                        "val_cross_entropy": entropy * np.exp(noise[2] / 100),
+                    },
+                )
+            )
+        return curves
 
     def true_score(self, config: Mapping[str, Any]) -> float:
         return float(self.true_scores([config])[0])

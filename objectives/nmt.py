@@ -47,6 +47,7 @@ class NMTTask(ReplayTask):
     direction = "minimize"
     cost_unit = "training updates"
     reduce = "best"
+    metric = "dev_perplexity"
 
     def __init__(self, *, name: str, runs: list[dict[str, Any]]) -> None:
         self.name = name

@@ -17,15 +17,20 @@ import abc
 import logging
 import math
 import zlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 
+from optuna_autopipe.dynamics import TrainingDynamics
+from optuna_autopipe.early_stop import AutoPipeEarlyStop
 from optuna_autopipe.space import suggest
+
+if TYPE_CHECKING:
+    from optuna_autopipe.regressor import EarlyStopRegressor
 
 _logger = logging.getLogger(__name__)
 
@@ -41,12 +46,14 @@ class Curve:
         costs: cumulative real cost after each step, shape ``(n,)``, non-decreasing.
         true_score: noise-free final score of the configuration (hidden from methods).
         config: the configuration the curve belongs to (after any nearest-neighbour mapping).
+        extras: other metrics the run logged after each step, each shape ``(n,)``.
     """
 
     values: np.ndarray
     costs: np.ndarray
     true_score: float
     config: Config
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class ReplayTask(abc.ABC):
     cost_unit: str
     #: How a curve becomes a score: its best point (``"best"``) or its last (``"last"``).
     reduce: Literal["best", "last"]
+    #: Name of the curve's metric in recorded training dynamics.
+    metric: str
 
     @property
     @abc.abstractmethod
@@ -108,6 +117,26 @@ class ReplayTask(abc.ABC):
     @abc.abstractmethod
     def true_score(self, config: Mapping[str, Any]) -> float:
         """Noise-free final score of ``config`` (after any nearest-neighbour mapping)."""
+
+    def curves(self, configs: Sequence[Mapping[str, Any]], rng: np.random.Generator) -> list[Curve]:
+        """One run's curve per configuration (overridden where a batch is faster)."""
+        return [self.curve(c, rng) for c in configs]
+
+    def dynamics(self, curve: Curve) -> TrainingDynamics:
+        """The training dynamics a run with ``curve`` logs: every metric after each step."""
+        series = {self.metric: curve.values, **curve.extras}
+        metrics = {
+            name: [[step, float(v)] for step, v in enumerate(values, 1)]
+            for name, values in series.items()
+        }
+        return TrainingDynamics(total_steps=self.n_steps, metrics=metrics)
+
+    def run_dynamics(
+        self, configs: Sequence[Mapping[str, Any]], *, seed: int
+    ) -> list[TrainingDynamics]:
+        """The dynamics of one observed run of each configuration (noise seeded by ``seed``)."""
+        rng = np.random.default_rng(stable_seed(self.benchmark, self.name, "dynamics", seed))
+        return [self.dynamics(curve) for curve in self.curves(configs, rng)]
 
     def resolve(self, config: Mapping[str, Any]) -> Config:
         """The configuration a run of ``config`` actually uses (identity unless overridden)."""
@@ -167,14 +196,17 @@ class ReplayTask(abc.ABC):
         fraction: float = 1.0,
         budget: float | None = None,
         on_evaluation: Callable[[optuna.trial.Trial, Evaluation], None] | None = None,
+        regressor: EarlyStopRegressor | None = None,
     ) -> Callable[[optuna.trial.Trial], float]:
-        """An Optuna objective replaying this task.
+        """An Optuna objective replaying this task through ``AutoPipeEarlyStop``.
 
-        Each step's observed value is reported with ``trial.report`` (the running score,
-        so a pruner compares like with like); a pruned trial records what it cost. With
-        ``budget`` (full-run equivalents for the whole study), a run that would exceed it is
-        cut where the budget ends and pruned. The noise of trial ``k`` is drawn from
-        ``default_rng([seed, k])``, so a study is reproducible.
+        Each step's metrics are recorded by the hook and the running score is reported with
+        ``trial.report`` (so a pruner compares like with like); a run stopped at
+        ``fraction`` ends PRUNED with its dynamics (and, with ``regressor``, its proxy) in
+        user attrs; a pruned trial records what it cost. With ``budget`` (full-run
+        equivalents for the whole study), a run that would exceed it is cut where the budget
+        ends and pruned. The noise of trial ``k`` is drawn from ``default_rng([seed, k])``,
+        so a study is reproducible.
         """
         spent = [0.0]
 
@@ -183,21 +215,33 @@ class ReplayTask(abc.ABC):
             curve = self.curve(config, np.random.default_rng([seed, trial.number]))
             if curve.config != config:
                 trial.set_user_attr("mapped_to", curve.config)
+            hook = AutoPipeEarlyStop(
+                trial,
+                total_steps=self.n_steps,
+                fraction=fraction,
+                regressor=regressor,
+                dataset=self.dataset_features,
+            )
+            dynamics = self.dynamics(curve)
             total = len(curve.values)
-            stop = self._stop(fraction, total)
-            for n in range(1, stop + 1):
+            for n in range(1, total + 1):
                 if budget is not None and spent[0] + n / total > budget + 1e-9:
                     if n > 1:
-                        self._finish(trial, curve, n - 1, spent, on_evaluation)
+                        hook.write(
+                            fidelity=self._finish(
+                                trial, curve, n - 1, spent, on_evaluation
+                            ).fidelity
+                        )
                     trial.set_user_attr("budget_exhausted", True)
                     raise BudgetExhausted(f"cost budget of {budget} full runs exhausted")
-                trial.report(self.score_of(curve.values[:n]), step=n)
+                logged = {name: series[n - 1][1] for name, series in dynamics.metrics.items()}
+                stop = hook.report(n, logged, intermediate=self.score_of(curve.values[:n]))
                 if n < total and trial.should_prune():
-                    self._finish(trial, curve, n, spent, on_evaluation)
-                    raise optuna.TrialPruned()
-            evaluation = self._finish(trial, curve, stop, spent, on_evaluation)
-            if evaluation.fidelity < 1.0:
-                raise optuna.TrialPruned(f"early-stopped at fidelity {evaluation.fidelity:.3f}")
+                    hook.prune()
+                if n == total or stop or hook.pruned:
+                    break
+            evaluation = self._finish(trial, curve, n, spent, on_evaluation)
+            hook.finish(fidelity=evaluation.fidelity)
             return evaluation.value
 
         return run

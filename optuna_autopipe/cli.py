@@ -72,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--data-dir", default=None)
     report.add_argument("--pool-size", type=_positive, default=2000, help="LCBench runs per task")
     report.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
+    report.add_argument(
+        "--fractions",
+        type=_fractions,
+        default=(0.25, 0.5, 0.75),
+        help="early-stop points of the regressor rows, comma-separated ('' for none)",
+    )
+    report.add_argument(
+        "--regressor-rows", type=_positive, default=500, help="training runs per dataset"
+    )
 
     data = commands.add_parser("data", help="benchmark data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -95,6 +104,18 @@ def _bench_arguments(parser: argparse.ArgumentParser, *, out_default: str | None
     )
     parser.add_argument("--noise-sd", type=float, default=1.0, help="LCBench observation noise")
     parser.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from exc
+    if not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"early-stop fractions must be in (0, 1), got {text!r}")
+    return values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,7 +142,7 @@ def _fit_prior(args: argparse.Namespace) -> int:
 
     if args.benchmark:
         benchmark = load_benchmark(args.benchmark, data_dir=args.data_dir, pool_size=args.pool_size)
-        corpus = Corpus.from_tasks(benchmark.tasks, groups=benchmark.groups)
+        corpus = Corpus.from_tasks(benchmark.tasks, groups=benchmark.groups, dynamics=True)
     elif not args.studies:
         raise ValueError("--storage needs --studies: the past studies, one per dataset.")
     else:
@@ -129,6 +150,10 @@ def _fit_prior(args: argparse.Namespace) -> int:
     prior = fit_prior(corpus, grid=DEFAULT_GRID[:1] if args.no_tune else DEFAULT_GRID)
     prior.save(args.out)
     print(f"prior fitted on {len(corpus.datasets)} datasets, {prior.record['chosen']}")
+    print(
+        "early-stop regressor: "
+        + ("none (no run carries training dynamics)" if prior.regressor is None else "fitted")
+    )
     print(f"saved to {args.out}")
     return 0
 
@@ -143,6 +168,8 @@ def _prior_report(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         pool_size=args.pool_size,
         workers=args.workers,
+        fractions=args.fractions,
+        regressor_rows=args.regressor_rows,
     )
     print(format_report(table))
     print(f"wrote {Path(args.out) / 'prior_report.csv'} and prior_report.md")

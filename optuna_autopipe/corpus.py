@@ -8,7 +8,9 @@ File format (``Corpus.save`` / ``Corpus.load``), one JSON object per line:
 - ``{"kind": "dataset", "name": str, "group": str, "direction": "minimize"|"maximize",
   "features": {name: float|null}}``;
 - ``{"kind": "run", "dataset": str, "config": {param: value}, "score": float,
-  "cost": float|null, "dynamics": {metric: [[step, value], ...]}|null}``.
+  "cost": float|null, "dynamics": {"total_steps": int, "metrics": {metric: [[step, value],
+  ...]}}|null}`` (``TrainingDynamics``: the run's logged metrics, for the early-stop
+  regressor).
 
 Only full-fidelity results are runs; ``group`` names datasets that are subsets of one
 underlying dataset (they form one ranking group).
@@ -29,6 +31,7 @@ import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 from optuna.trial import TrialState
 
+from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 from optuna_autopipe.profile import PROFILE_ATTR
 from optuna_autopipe.space import union_space
 
@@ -46,7 +49,7 @@ class DatasetRuns:
     scores: np.ndarray
     group: str = ""
     costs: list[float | None] = field(default_factory=list)
-    dynamics: list[dict[str, list[list[float]]] | None] = field(default_factory=list)
+    dynamics: list[TrainingDynamics | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.group = self.group or self.name
@@ -143,19 +146,38 @@ class Corpus:
     # --- sources -------------------------------------------------------------------------
 
     @classmethod
-    def from_tasks(cls, tasks: Sequence[Any], *, groups: Mapping[str, str] | None = None) -> Corpus:
-        """From benchmark replays: each task's reference pool with its true scores."""
+    def from_tasks(
+        cls,
+        tasks: Sequence[Any],
+        *,
+        groups: Mapping[str, str] | None = None,
+        max_runs: int | None = None,
+        dynamics: bool = False,
+        seed: int = 0,
+    ) -> Corpus:
+        """From benchmark replays: each task's reference pool with its true scores.
+
+        ``max_runs``: at most that many pool configurations per task (a seeded draw).
+        ``dynamics``: give every run the training dynamics of one observed (noisy) run
+        (``ReplayTask.run_dynamics``, seeded by ``seed``).
+        """
         datasets = []
         for task in tasks:
             configs, scores = task.pool()
+            keep = np.arange(len(configs))
+            if max_runs is not None and max_runs < len(configs):
+                rng = np.random.default_rng([seed, len(datasets)])
+                keep = np.sort(rng.permutation(len(configs))[:max_runs])
+            configs = [configs[i] for i in keep]
             datasets.append(
                 DatasetRuns(
                     name=task.name,
                     direction=task.direction,
                     features=task.dataset_features,
-                    configs=list(configs),
-                    scores=scores,
+                    configs=configs,
+                    scores=np.asarray(scores)[keep],
                     group=(groups or {}).get(task.name, task.name),
+                    dynamics=task.run_dynamics(configs, seed=seed) if dynamics else [],
                 )
             )
         return cls(union_space([t.search_space for t in tasks]), datasets)
@@ -203,7 +225,7 @@ class Corpus:
                     scores=np.array([t.value for t in runs]),
                     group=str(study.user_attrs.get("autopipe:dataset_group", name)),
                     costs=[t.user_attrs.get("cost") for t in runs],
-                    dynamics=[t.user_attrs.get("autopipe:dynamics") for t in runs],
+                    dynamics=[_dynamics_from_attr(name, t) for t in runs],
                 )
             )
         return cls(union_space(spaces), datasets)
@@ -232,7 +254,7 @@ class Corpus:
                         "config": config,
                         "score": score,
                         "cost": cost,
-                        "dynamics": dynamics,
+                        "dynamics": None if dynamics is None else json.loads(dynamics.to_json()),
                     }
                     out.write(json.dumps(run) + "\n")
 
@@ -282,7 +304,10 @@ class Corpus:
                 scores=np.array([r["score"] for r in runs[name]], dtype=float),
                 group=head.get("group", name),
                 costs=[r.get("cost") for r in runs[name]],
-                dynamics=[r.get("dynamics") for r in runs[name]],
+                dynamics=[
+                    _parse_dynamics(r.get("dynamics"), f"{path}: a run of {name}")
+                    for r in runs[name]
+                ],
             )
             for name, head in heads.items()
         ]
@@ -302,3 +327,19 @@ def _features_from_attr(study: str, value: Any) -> dict[str, float]:
     if not isinstance(features, dict):
         raise ValueError(f"Study {study!r}: user attr {PROFILE_ATTR!r} is not a feature mapping.")
     return {k: math.nan if v is None else float(v) for k, v in features.items()}
+
+
+def _parse_dynamics(value: Any, source: str) -> TrainingDynamics | None:
+    return None if value is None else TrainingDynamics.from_json(value, source=source)
+
+
+def _dynamics_from_attr(study: str, trial: optuna.trial.FrozenTrial) -> TrainingDynamics | None:
+    """A trial's recorded dynamics; a malformed record is skipped with a warning (the run's
+    score still counts)."""
+    try:
+        return _parse_dynamics(
+            trial.user_attrs.get(DYNAMICS_ATTR), f"study {study}, trial {trial.number}"
+        )
+    except ValueError as exc:
+        _logger.warning("%s; the run is kept without dynamics", exc)
+        return None

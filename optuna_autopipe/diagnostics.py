@@ -9,7 +9,13 @@ a predicted score per candidate, scored with ``ranking_metrics``:
 - ``ranker-nodata``: the same without meta-features (configuration columns only);
 - ``global``: minus the mean scaled rank of each candidate over the training datasets (the
   ``global`` benchmark method's criterion, applied to the held-out dataset's candidates; the
-  method itself picks among the training datasets' configurations, so its choice can differ).
+  method itself picks among the training datasets' configurations, so its choice can differ);
+- ``es-<f>`` for each early-stop fraction f: the proxy ŷ = s(x) + r̂ of one observed (noisy)
+  run of each candidate cut at f, s(x) from ``ranker`` and r̂ from the residual
+  ``EarlyStopRegressor`` (trained on ``regressor_rows`` runs per training dataset, targets on
+  prior scores cross-fitted over 4 folds of groups, in-sample with under 3 groups);
+- ``es-direct-0.5``: the regressor trained on z(y) directly (no prior), cut at 0.5;
+- ``cut-0.5``: no model, the score the run shows at the 0.5 cut (what a user would rank by).
 
 With ``protocol="grouped"`` the held-out dataset's whole group is removed from training (as
 ``Benchmark.offline`` does). Folds run in spawned worker processes, one XGBoost thread each.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -36,11 +43,16 @@ from tqdm import tqdm
 from objectives.registry import Benchmark, Protocol, load_benchmark
 from optuna_autopipe.bench.methods import config_key, scaled_rank
 from optuna_autopipe.bench.report import mean_se
-from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.corpus import Corpus, DatasetRuns
+from optuna_autopipe.dynamics import stop_step
 from optuna_autopipe.metrics import METRICS, ranking_metrics
 from optuna_autopipe.ranker import Ranker, RankerParams
+from optuna_autopipe.regressor import EarlyStopRegressor, prior_scores
 
-MODELS = ("ranker", "ranker-nodata", "global")
+BASE_MODELS = ("ranker", "ranker-nodata", "global")
+#: The early-stop point of the regressor-free rows (direct regressor, observed score).
+CUT = 0.5
+CROSS_FIT = 4
 COLUMNS = ["model", "dataset", "metric", "value"]
 MEAN = "mean"
 
@@ -55,6 +67,18 @@ class _Fold:
     protocol: Protocol
     dataset: str
     params: RankerParams = field(default_factory=RankerParams)
+    fractions: tuple[float, ...] = ()
+    regressor_rows: int = 500
+
+
+def models(fractions: Sequence[float]) -> list[str]:
+    """The report's model names for the given early-stop fractions, in table order."""
+    early = [f"es-{f:g}" for f in fractions]
+    return (
+        [*BASE_MODELS, *early, f"es-direct-{CUT:g}", f"cut-{CUT:g}"]
+        if fractions
+        else [*BASE_MODELS]
+    )
 
 
 def prior_report(
@@ -66,11 +90,14 @@ def prior_report(
     pool_size: int = 2000,
     workers: int = os.cpu_count() or 1,
     ranker_params: RankerParams | None = None,
+    fractions: Sequence[float] = (0.25, 0.5, 0.75),
+    regressor_rows: int = 500,
 ) -> pd.DataFrame:
     """Leave-one-dataset-out ranking metrics of the prior models; writes the CSV and the table.
 
     ``pool_size``: LCBench configurations per task (NMT uses its recorded runs). ``workers``:
-    parallel folds (1 runs them in this process). Returns the rows of ``prior_report.csv``.
+    parallel folds (1 runs them in this process). ``fractions``: early-stop points of the
+    regressor rows (empty: ranker rows only). Returns the rows of ``prior_report.csv``.
     """
     if protocol not in ("lodo", "grouped"):
         raise ValueError(f"Unknown protocol {protocol!r}; choose 'lodo' or 'grouped'.")
@@ -78,7 +105,11 @@ def prior_report(
         raise ValueError(f"pool_size must be >= 2, got {pool_size}.")
     params = ranker_params or RankerParams()
     names = [t.name for t in _benchmark(benchmark, data_dir, pool_size).tasks]
-    folds = [_Fold(benchmark, data_dir, pool_size, protocol, name, params) for name in names]
+    fractions = tuple(sorted(fractions))
+    folds = [
+        _Fold(benchmark, data_dir, pool_size, protocol, name, params, fractions, regressor_rows)
+        for name in names
+    ]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -105,7 +136,7 @@ def prior_report(
         .assign(dataset=MEAN)[COLUMNS]
     )
     table = pd.concat([table, means], ignore_index=True)
-    order = {m: i for i, m in enumerate(MODELS)}
+    order = {m: i for i, m in enumerate(models(fractions))}
     table = table.sort_values("model", key=lambda s: s.map(order), kind="stable")
     table = table.reset_index(drop=True)
     table.attrs["wall_seconds"] = wall
@@ -116,8 +147,9 @@ def prior_report(
     )
     note = (
         "Mean ± standard error across held-out datasets. Candidates: each held-out dataset's "
-        f"corpus configurations (LCBench: {pool_size} per task). regret is normalised by "
-        "|best − median|; recall@k is 1 when a best configuration is in the top k."
+        f"corpus configurations (LCBench: {pool_size} per task), each with one observed run "
+        "for the early-stop rows. regret is normalised by |best − median|; recall@k is 1 "
+        "when a best configuration is in the top k."
     )
     (out / "prior_report.md").write_text(
         f"{title}\n\n{note}\n\n{format_report(table)}\n\nwall time: {wall:.0f} s\n"
@@ -149,16 +181,16 @@ def _benchmark(name: str, data_dir: str | None, pool_size: int) -> Benchmark:
 
 
 @cache
-def _corpus(name: str, data_dir: str | None, pool_size: int) -> Corpus:
-    """Every dataset's corpus runs, built once per process."""
+def _corpus(name: str, data_dir: str | None, pool_size: int, dynamics: bool) -> Corpus:
+    """Every dataset's corpus runs (with one observed run's dynamics each), built once."""
     benchmark = _benchmark(name, data_dir, pool_size)
-    return Corpus.from_tasks(benchmark.tasks, groups=benchmark.groups)
+    return Corpus.from_tasks(benchmark.tasks, groups=benchmark.groups, dynamics=dynamics)
 
 
 def _run_fold(fold: _Fold) -> list[tuple[str, str, str, float]]:
     """Fit the models without ``fold.dataset`` (and its group) and score its candidates."""
     benchmark = _benchmark(fold.benchmark, fold.data_dir, fold.pool_size)
-    corpus = _corpus(fold.benchmark, fold.data_dir, fold.pool_size)
+    corpus = _corpus(fold.benchmark, fold.data_dir, fold.pool_size, bool(fold.fractions))
     offline = benchmark.offline(fold.dataset, fold.protocol)
     train = Corpus(corpus.space, [corpus.dataset(t.name) for t in offline])
     held = corpus.dataset(fold.dataset)
@@ -169,8 +201,41 @@ def _run_fold(fold: _Fold) -> list[tuple[str, str, str, float]]:
     predicted["global"] = -np.mean(
         [[scaled_rank(task, config_key(c), c) for c in held.configs] for task in offline], axis=0
     )
+    if fold.fractions:
+        predicted.update(_early_stop_predictions(fold, train, held, predicted["ranker"]))
     rows = []
-    for model in MODELS:
+    for model in models(fold.fractions):
         metrics = ranking_metrics(held.utility, predicted[model])
         rows.extend((model, fold.dataset, name, metrics[name]) for name in METRICS)
     return rows
+
+
+def _early_stop_predictions(
+    fold: _Fold, train: Corpus, held: DatasetRuns, ranker_scores: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The ``es-*`` and ``cut-*`` rows' predicted scores of the held-out candidates."""
+    sample = train.subsample(fold.regressor_rows, seed=0)
+    ranker = Ranker(params=fold.params, n_models=1, n_jobs=1)
+    if len({d.group for d in sample.datasets}) < 3:
+        ranker.fit(sample)  # too few groups to cross-fit: in-sample scores
+    scores = prior_scores(sample, ranker, folds=CROSS_FIT)
+    s = (ranker_scores - ranker_scores.mean()) / (ranker_scores.std() or 1.0)
+    predicted = {}
+    for fraction in fold.fractions:
+        regressor = EarlyStopRegressor(fraction=fraction).fit(sample, prior_scores=scores)
+        prediction = regressor.predict(held.configs, held.features, held.dynamics)
+        predicted[f"es-{fraction:g}"] = regressor.proxy(prediction, s)
+    direct = EarlyStopRegressor(fraction=CUT, target="direct").fit(sample)
+    predicted[f"es-direct-{CUT:g}"] = direct.predict(
+        held.configs, held.features, held.dynamics
+    ).mean
+    task = _benchmark(fold.benchmark, fold.data_dir, fold.pool_size).task(held.name)
+    cut = stop_step(task.n_steps, CUT)
+    predicted[f"cut-{CUT:g}"] = np.array(
+        [
+            task.sign()
+            * task.score_of(np.array([v for step, v in d.metrics[task.metric] if step <= cut]))
+            for d in held.dynamics
+        ]
+    )
+    return predicted

@@ -1,10 +1,12 @@
-"""The prior a study starts from: the tuned ranker, saved as plain files.
+"""The prior a study starts from: the tuned ranker and the early-stop regressor, as plain files.
 
 ``fit_prior`` chooses the ranker's XGBoost settings by a small grid search scored by
 leave-one-group-out nDCG@5 (as the paper: mean and minimum over held-out datasets, here
-maximising ``mean + min``), then fits the ensemble on the whole corpus. The directory holds
-``ranker.json`` + ``ranker-<i>.json`` (see ``Ranker.save``) and ``prior.json`` (the grid
-search, the corpus it saw, library versions).
+maximising ``mean + min``), then fits the ensemble on the whole corpus. When the corpus runs
+carry training dynamics it also fits the residual early-stop regressor, on cross-fitted
+prior scores (``regressor.prior_scores``). The directory holds ``ranker.json`` +
+``ranker-<i>.json`` (see ``Ranker.save``), optionally ``regressor.json`` +
+``regressor-<i>.json``, and ``prior.json`` (the grid search, the corpus it saw, versions).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import optuna_autopipe
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.metrics import ranking_metrics
 from optuna_autopipe.ranker import Ranker, RankerParams
+from optuna_autopipe.regressor import EarlyStopRegressor, prior_scores
 
 DEFAULT_GRID: tuple[RankerParams, ...] = tuple(
     RankerParams(max_depth=depth, n_estimators=trees) for depth in (3, 6) for trees in (100, 300)
@@ -32,9 +35,10 @@ DEFAULT_GRID: tuple[RankerParams, ...] = tuple(
 
 @dataclass
 class Prior:
-    """A fitted ranker plus the record of how it was chosen."""
+    """A fitted ranker, optionally the early-stop regressor, and the record of the fit."""
 
     ranker: Ranker
+    regressor: EarlyStopRegressor | None = None
     record: dict[str, Any] = field(default_factory=dict)
 
     def score(
@@ -60,18 +64,22 @@ class Prior:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.ranker.save(directory)
+        if self.regressor is not None:
+            self.regressor.save(directory)
         (directory / "prior.json").write_text(json.dumps(self.record, indent=1))
 
     @classmethod
     def load(cls, directory: str | Path) -> Prior:
         directory = Path(directory)
         ranker = Ranker.load(directory)
+        has_regressor = (directory / "regressor.json").exists()
+        regressor = EarlyStopRegressor.load(directory) if has_regressor else None
         record_path = directory / "prior.json"
         try:
             record = json.loads(record_path.read_text()) if record_path.exists() else {}
         except ValueError as exc:
             raise ValueError(f"{record_path} is not valid JSON ({exc}); refit the prior.") from exc
-        return cls(ranker=ranker, record=record)
+        return cls(ranker=ranker, regressor=regressor, record=record)
 
 
 def _folds(corpus: Corpus, max_folds: int) -> list[str]:
@@ -90,6 +98,8 @@ def fit_prior(
     n_models: int = 3,
     seed: int = 0,
     n_jobs: int = 1,
+    fraction: float = 0.5,
+    cross_fit: int = 4,
 ) -> Prior:
     """Grid-search the ranker on held-out groups, then fit the chosen one on everything.
 
@@ -99,6 +109,10 @@ def fit_prior(
     ``n_jobs``: XGBoost threads per model (-1: all cores; 1 avoids OpenMP spinning on a
     busy machine). With fewer than 3 dataset groups there is nothing to hold out and still
     train on, so the grid search is skipped and the first grid point is used (recorded).
+
+    Runs with training dynamics also train the residual early-stop regressor at the
+    early-stop point ``fraction``, its targets built on prior scores cross-fitted over
+    ``cross_fit`` folds of groups (see ``prior_scores``; 0: in-sample).
     """
     corpus.require_training_data()
     sample = corpus.subsample(tune_rows, seed=seed)
@@ -126,6 +140,12 @@ def fit_prior(
     )
     ranker = Ranker(params=grid[best], n_models=n_models, seed=seed, n_jobs=n_jobs)
     ranker.fit(corpus)
+    regressor = None
+    with_dynamics = [d for d in corpus.datasets if any(x is not None for x in d.dynamics)]
+    if len({d.group for d in with_dynamics}) >= 2:
+        scores = prior_scores(corpus, ranker, folds=cross_fit)
+        regressor = EarlyStopRegressor(fraction=fraction, seed=seed, n_jobs=n_jobs)
+        regressor.fit(corpus, prior_scores=scores)
     record = {
         "grid_search": trials,
         "chosen": asdict(grid[best]),
@@ -136,4 +156,7 @@ def fit_prior(
             "xgboost": xgb.__version__,
         },
     }
-    return Prior(ranker=ranker, record=record)
+    record["regressor"] = (
+        None if regressor is None else {"fraction": fraction, "cross_fit": cross_fit}
+    )
+    return Prior(ranker=ranker, regressor=regressor, record=record)

@@ -5,14 +5,8 @@ then the dataset's meta-features (NaN where unknown; XGBoost routes missing valu
 Each dataset group (datasets sharing ``group``) is one query; the label is the run's graded
 relevance ``floor(31 · percentile of its utility within the dataset)``.
 
-Feature filtering (appendix B.1.1, thresholds are arguments):
-
-- configuration columns, within each dataset: flag a column whose variance is below
-  ``var_ratio`` x the dataset's median column variance, or whose |Pearson r| with an earlier
-  column exceeds ``max_corr``; drop a column flagged in at least ``flag_share`` of datasets;
-- dataset features (constant within a dataset, so judged across datasets, one row each):
-  drop features with fewer than two distinct known values, or with |r| > ``max_corr`` against
-  an earlier kept feature.
+Columns are pruned as ``feature_filter`` describes: configuration columns per dataset,
+dataset features across datasets.
 
 Score: s(x) = ensemble mean, standardised over the candidate set being scored.
 """
@@ -21,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +24,12 @@ import numpy as np
 import xgboost as xgb
 
 from optuna_autopipe.corpus import Corpus, DatasetRuns
+from optuna_autopipe.ensemble_files import corrupt_prior, load_ensemble, save_ensemble
+from optuna_autopipe.feature_filter import (
+    FeatureFilter,
+    flag_columns,
+    informative_dataset_features,
+)
 from optuna_autopipe.space import SpaceEncoder
 
 
@@ -44,15 +43,6 @@ class RankerParams:
     subsample: float = 0.8
     colsample_bytree: float = 0.8
     min_child_weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class FeatureFilter:
-    """Thresholds of the feature filtering (module docstring)."""
-
-    var_ratio: float = 0.01
-    max_corr: float = 0.95
-    flag_share: float = 0.9
 
 
 @dataclass
@@ -139,14 +129,14 @@ class Ranker:
         for d in datasets:
             block = x[start : start + len(d.configs), :n_config]
             start += len(d.configs)
-            flags += _flag_columns(block, self.filter.var_ratio, self.filter.max_corr)
+            flags += flag_columns(block, self.filter.var_ratio, self.filter.max_corr)
         keep[:n_config] = flags < self.filter.flag_share * len(datasets)
         if self.dataset_features:
             table = np.array(
                 [[d.features.get(f, math.nan) for f in self.dataset_features] for d in datasets],
                 dtype=float,
             )
-            keep[n_config:] = _informative_dataset_features(table, self.filter.max_corr)
+            keep[n_config:] = informative_dataset_features(table, self.filter.max_corr)
         return keep
 
     # --- scoring -------------------------------------------------------------------------
@@ -180,85 +170,31 @@ class Ranker:
     def save(self, directory: str | Path) -> None:
         """Write ``ranker.json`` (schema) and ``ranker-<i>.json`` (XGBoost models)."""
         assert self.encoder is not None
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        for i, model in enumerate(self.models):
-            model.save_model(directory / f"ranker-{i}.json")
         schema = {
             "params": asdict(self.params),
             "filter": asdict(self.filter),
-            "n_models": self.n_models,
             "use_dataset_features": self.use_dataset_features,
             "seed": self.seed,
             "space": json.loads(self.encoder.to_json()),
             "dataset_features": self.dataset_features,
             "kept_columns": self.kept_columns,
-            "versions": {"xgboost": xgb.__version__},
         }
-        (directory / "ranker.json").write_text(json.dumps(schema, indent=1))
+        save_ensemble(directory, "ranker", self.models, schema)
 
     @classmethod
     def load(cls, directory: str | Path) -> Ranker:
-        directory = Path(directory)
-        schema_path = directory / "ranker.json"
-        if not schema_path.exists():
-            raise FileNotFoundError(
-                f"{schema_path} not found: not a saved prior (fit one with `autopipe fit-prior`)."
-            )
+        schema, models = load_ensemble(directory, "ranker", xgb.XGBRanker)
         try:
-            schema = json.loads(schema_path.read_text())
-            ranker = cls(
+            return cls(
                 params=RankerParams(**schema["params"]),
                 filter=FeatureFilter(**schema["filter"]),
-                n_models=schema["n_models"],
+                n_models=len(models),
                 use_dataset_features=schema["use_dataset_features"],
                 seed=schema["seed"],
                 encoder=SpaceEncoder.from_json(json.dumps(schema["space"])),
                 dataset_features=schema["dataset_features"],
                 kept_columns=schema["kept_columns"],
+                models=models,
             )
-            for i in range(ranker.n_models):
-                model = xgb.XGBRanker()
-                model.load_model(directory / f"ranker-{i}.json")
-                ranker.models.append(model)
-        except (ValueError, KeyError, TypeError, xgb.core.XGBoostError) as exc:
-            raise ValueError(
-                f"{directory} holds a corrupt or incompatible prior ({exc!r}); refit it with "
-                "`autopipe fit-prior`."
-            ) from exc
-        return ranker
-
-
-def _flag_columns(block: np.ndarray, var_ratio: float, max_corr: float) -> np.ndarray:
-    """1 for columns of ``block`` (n, d) that are near-constant or near-duplicates."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        variance = np.nanvar(block, axis=0)
-        flagged = variance <= var_ratio * np.nanmedian(variance)
-        live = np.flatnonzero(~flagged)
-        if len(live) > 1:
-            corr = np.corrcoef(np.nan_to_num(block[:, live]), rowvar=False)
-            for a in range(len(live)):
-                if np.any(np.abs(corr[a, :a]) > max_corr):
-                    flagged[live[a]] = True
-    return flagged.astype(float)
-
-
-def _informative_dataset_features(table: np.ndarray, max_corr: float) -> np.ndarray:
-    """Keep mask over dataset features (columns of ``table``, one row per dataset)."""
-    keep = np.array([len(np.unique(c[np.isfinite(c)])) >= 2 for c in table.T], dtype=bool)
-    kept: list[int] = []
-    for j in np.flatnonzero(keep):
-        column = table[:, j]
-        for i in kept:
-            both = np.isfinite(column) & np.isfinite(table[:, i])
-            if both.sum() > 2:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    r = np.corrcoef(column[both], table[both, i])[0, 1]
-                if np.isfinite(r) and abs(r) > max_corr:
-                    keep[j] = False
-                    break
-        if keep[j]:
-            kept.append(j)
-    return keep
+        except (ValueError, KeyError, TypeError) as exc:
+            raise corrupt_prior(directory, exc) from exc

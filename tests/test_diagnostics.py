@@ -14,9 +14,11 @@ from optuna_autopipe.bench.harness import outcome
 from optuna_autopipe.bench.methods import Context, get_method
 from optuna_autopipe.bench.offline_method import offline_ranker
 from optuna_autopipe.corpus import Corpus
-from optuna_autopipe.diagnostics import COLUMNS, MEAN, MODELS, format_report, prior_report
+from optuna_autopipe.diagnostics import COLUMNS, MEAN, format_report, models, prior_report
 from optuna_autopipe.metrics import METRICS
 from optuna_autopipe.ranker import Ranker
+
+MODELS = models((0.25, 0.5, 0.75))
 
 
 @pytest.fixture(scope="module")

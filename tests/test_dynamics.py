@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 
-from optuna_autopipe.dynamics import STATISTICS, dynamics_features, feature_names
+from optuna_autopipe.dynamics import STATISTICS, TrainingDynamics, dynamics_features, feature_names
 
 
 def test_statistics_over_the_prefix_and_the_late_window_by_hand():
@@ -37,3 +39,80 @@ def test_nan_points_are_ignored_and_bad_arguments_rejected():
         dynamics_features({}, stop_step=0)
     with pytest.raises(ValueError, match="late_share"):
         dynamics_features({}, stop_step=10, late_share=0)
+
+
+def test_known_slopes_and_means_of_linear_curves():
+    # value = 3 - 0.02 * step on steps 2, 4, ..., 200; cut at 100, late window from step 80
+    series = [[s, 3 - 0.02 * s] for s in range(2, 201, 2)]
+    f = TrainingDynamics(total_steps=200, metrics={"loss": series}).features(fraction=0.5)
+    assert f["loss.prefix.slope"] == pytest.approx(-0.02)
+    assert f["loss.late.slope"] == pytest.approx(-0.02)
+    assert f["loss.prefix.mean"] == pytest.approx(3 - 0.02 * 51)
+    assert f["loss.late.mean"] == pytest.approx(3 - 0.02 * 90)
+    assert f["loss.prefix.mean_diff"] == pytest.approx(-0.04)
+    assert f["loss.prefix.rel_change"] == pytest.approx((3 - 2.0 - (3 - 0.04)) / (3 - 0.04))
+    assert f["loss.prefix.nonfinite"] == 0.0
+
+
+def test_no_feature_uses_points_past_the_cut():
+    rng = np.random.default_rng(0)
+    metrics = {
+        "loss": [[s, float(v)] for s, v in zip(range(1, 101), rng.random(100), strict=True)],
+        "eval_loss": [[s, float(rng.random())] for s in range(10, 101, 10)],
+    }
+    base = TrainingDynamics(total_steps=100, metrics=metrics).features(fraction=0.5)
+    for trial in range(5):
+        perturbed = {
+            name: [[s, v if s <= 50 else float(rng.normal(0, 100 * (trial + 1)))] for s, v in pts]
+            for name, pts in metrics.items()
+        }
+        perturbed["loss"].append([100.0, math.nan])
+        after = TrainingDynamics(total_steps=100, metrics=perturbed).features(fraction=0.5)
+        assert after.keys() == base.keys()
+        assert all(
+            (math.isnan(base[k]) and math.isnan(after[k])) or base[k] == after[k] for k in base
+        )
+
+
+def test_a_diverged_run_gives_finite_statistics_and_its_nonfinite_share():
+    series = [[1, 2.0], [2, 1.5], [3, math.inf], [4, math.nan]]
+    f = dynamics_features({"loss": series}, stop_step=4)
+    assert f["loss.prefix.nonfinite"] == 0.5 and f["loss.prefix.mean"] == 1.75
+    all_bad = dynamics_features({"loss": [[1, math.nan], [2, math.inf]]}, stop_step=2)
+    assert all_bad["loss.prefix.nonfinite"] == 1.0 and math.isnan(all_bad["loss.prefix.mean"])
+
+
+def test_json_round_trip_is_compact_and_turns_nonfinite_values_into_null():
+    dynamics = TrainingDynamics(total_steps=50)
+    dynamics.record(1, {"loss": 2.0, "learning_rate": 1e-5, "epoch": 0.1, "note": "text"})
+    dynamics.record(2, {"loss": math.nan, "flag": True})
+    text = dynamics.to_json()
+    assert " " not in text and "NaN" not in text and "null" in text
+    back = TrainingDynamics.from_json(text)
+    assert back.total_steps == 50 and set(back.metrics) == {"loss", "learning_rate", "epoch"}
+    assert back.metrics["loss"][0] == [1.0, 2.0] and math.isnan(back.metrics["loss"][1][1])
+    assert TrainingDynamics.from_json(json.loads(text)).metrics.keys() == back.metrics.keys()
+
+
+def test_thinning_keeps_the_ends_of_long_series():
+    dynamics = TrainingDynamics(total_steps=10_000)
+    for step in range(1, 10_001):
+        dynamics.record(step, {"loss": 1 / step})
+    series = TrainingDynamics.from_json(dynamics.to_json(max_points=100)).metrics["loss"]
+    assert len(series) == 100 and series[0][0] == 1 and series[-1][0] == 10_000
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "{not json",
+        '{"metrics": {}}',
+        '{"total_steps": 0, "metrics": {}}',
+        '{"total_steps": 10, "metrics": {"loss": [[1]]}}',
+        '{"total_steps": 10, "metrics": [1, 2]}',
+        "[]",
+    ],
+)
+def test_malformed_dynamics_records_raise_a_clear_error(bad):
+    with pytest.raises(ValueError, match="trial 7 is not a training-dynamics record"):
+        TrainingDynamics.from_json(bad, source="trial 7")

@@ -11,8 +11,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from optuna_autopipe.corpus import PROFILE_ATTR, Corpus, DatasetRuns
+from optuna_autopipe.feature_filter import FeatureFilter, flag_columns
 from optuna_autopipe.metrics import ranking_metrics
-from optuna_autopipe.ranker import FeatureFilter, Ranker, RankerParams, _flag_columns
+from optuna_autopipe.ranker import Ranker, RankerParams
 
 SPACE = {"x": FloatDistribution(0.0, 1.0), "opt": CategoricalDistribution(["adam", "sgd"])}
 
@@ -57,7 +58,7 @@ def test_feature_filter_drops_constant_and_duplicate_features():
     assert "center" in ranker.kept_columns
     assert "constant" not in ranker.kept_columns and "copy_of_center" not in ranker.kept_columns
     block = np.column_stack([np.arange(10.0), np.ones(10), 2 * np.arange(10.0) + 1])
-    assert _flag_columns(block, var_ratio=0.01, max_corr=0.95).tolist() == [0, 1, 1]
+    assert flag_columns(block, var_ratio=0.01, max_corr=0.95).tolist() == [0, 1, 1]
 
 
 def test_save_and_load_give_identical_scores(tmp_path):

@@ -6,7 +6,8 @@ from the study. Adding a method is one ``@register("name")`` function.
 
 Budgets: full-fidelity methods get ``budget`` full evaluations; ``bohb`` gets the same total
 cost (``budget`` full-run equivalents) spent through Hyperband; ``random1`` and ``global``
-evaluate one configuration.
+evaluate one configuration; the early-stop variants (``random-es``, ``tpe-es``) get
+``budget`` evaluations stopped at 50% plus one full verification run.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 
 from objectives.replay import Config, Evaluation, ReplayTask
+
+if TYPE_CHECKING:
+    from optuna_autopipe.regressor import EarlyStopRegressor
 
 
 @dataclass
@@ -42,8 +47,18 @@ class Context:
     #: The study's name; Hyperband assigns brackets by hashing it, so it must be fixed.
     study_name: str
 
-    def objective(self, *, cost_budget: bool = False) -> Callable[[optuna.trial.Trial], float]:
-        """The task's replay objective, recording each evaluation in ``self.evaluations``."""
+    def objective(
+        self,
+        *,
+        cost_budget: bool = False,
+        fraction: float = 1.0,
+        regressor: EarlyStopRegressor | None = None,
+    ) -> Callable[[optuna.trial.Trial], float]:
+        """The task's replay objective, recording each evaluation in ``self.evaluations``.
+
+        ``fraction`` < 1 stops every run there (``AutoPipeEarlyStop``; ``regressor`` turns
+        the dynamics into a proxy on the trial).
+        """
 
         def record(trial: optuna.trial.Trial, evaluation: Evaluation) -> None:
             self.evaluations[trial.number] = evaluation
@@ -52,6 +67,8 @@ class Context:
             seed=self.seed,
             budget=float(self.budget) if cost_budget else None,
             on_evaluation=record,
+            fraction=fraction,
+            regressor=regressor,
         )
 
     def study(
@@ -87,6 +104,8 @@ def register(name: str) -> Callable[[Method], Method]:
 _LAZY = {
     "smac": ("optuna_autopipe.bench.smac_method", "smac"),
     "offline": ("optuna_autopipe.bench.offline_method", None),
+    "random-es": ("optuna_autopipe.bench.early_stop_method", None),
+    "tpe-es": ("optuna_autopipe.bench.early_stop_method", None),
 }
 
 

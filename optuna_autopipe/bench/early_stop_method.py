@@ -1,0 +1,82 @@
+"""Early-stop variants of the sequential baselines: ``random-es`` and ``tpe-es`` (paper C.2.2).
+
+Each of the ``budget`` evaluations runs the replay to ``FRACTION`` of its
+planned length through ``AutoPipeEarlyStop``; the trial ends PRUNED and the direct
+early-stop regressor (trained on the offline datasets to predict z(y), no prior) turns its
+dynamics into a proxy ẑ. The baseline's sampler learns from the proxies through an
+in-memory guide study (ask/tell), so the benchmark study itself keeps the honest record:
+PRUNED trials with their proxies in user attrs. After the budget, the configuration with
+the best proxy is verified once at full fidelity, its cost included; a run that converged
+before the cut is complete already (its proxy still comes from its recorded dynamics).
+
+Registered on import; ``optuna_autopipe.bench.methods`` imports this module on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+
+import optuna
+
+from objectives.replay import ReplayTask
+from optuna_autopipe.bench.methods import Context, register
+from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
+from optuna_autopipe.early_stop import PROXY_ATTR
+from optuna_autopipe.regressor import EarlyStopRegressor
+
+#: Early-stop point, as a share of the planned training length.
+FRACTION = 0.5
+#: Runs per offline dataset the regressor is trained on (one observed run each).
+CORPUS_ROWS = 500
+
+
+@lru_cache(maxsize=8)
+def direct_regressor(offline: tuple[ReplayTask, ...]) -> EarlyStopRegressor:
+    """The direct regressor fitted on ``offline`` (cached per process)."""
+    groups = {t.name: str(getattr(t, "group", t.name)) for t in offline}
+    corpus = Corpus.from_tasks(offline, groups=groups, max_runs=CORPUS_ROWS, dynamics=True)
+    return EarlyStopRegressor(fraction=FRACTION, target="direct").fit(corpus)
+
+
+def early_stopped(
+    make_sampler: Callable[[Context], optuna.samplers.BaseSampler],
+) -> Callable[[Context], optuna.Study]:
+    """A method spending ``budget`` early-stopped evaluations, then one verification run."""
+
+    def run(ctx: Context) -> optuna.Study:
+        regressor = direct_regressor(tuple(ctx.offline))
+        guide = optuna.create_study(direction="maximize", sampler=make_sampler(ctx))
+        study = ctx.study(optuna.samplers.RandomSampler(seed=ctx.seed))
+        objective = ctx.objective(fraction=FRACTION, regressor=regressor)
+        proxies: dict[int, float] = {}
+        for _ in range(ctx.budget):
+            asked = guide.ask(ctx.task.search_space)
+            study.enqueue_trial(asked.params)
+            study.optimize(objective, n_trials=1)
+            trial = study.trials[-1]
+            proxies[trial.number] = _proxy(trial, regressor, ctx.task)
+            guide.tell(asked, proxies[trial.number])
+        best = study.trials[max(proxies, key=proxies.__getitem__)]
+        if best.state != optuna.trial.TrialState.COMPLETE:
+            study.enqueue_trial(best.params, user_attrs={"autopipe:verifies": best.number})
+            study.optimize(ctx.objective(), n_trials=1)
+        return study
+
+    return run
+
+
+def _proxy(
+    trial: optuna.trial.FrozenTrial, regressor: EarlyStopRegressor, task: ReplayTask
+) -> float:
+    """The trial's proxy: written by the hook after an early stop, else from its dynamics."""
+    if PROXY_ATTR in trial.user_attrs:
+        return float(trial.user_attrs[PROXY_ATTR])
+    dynamics = TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR])
+    prediction = regressor.predict([trial.params], task.dataset_features, [dynamics])
+    return float(prediction.mean[0])
+
+
+register("random-es")(early_stopped(lambda ctx: optuna.samplers.RandomSampler(seed=ctx.seed)))
+register("tpe-es")(early_stopped(lambda ctx: optuna.samplers.TPESampler(seed=ctx.seed)))

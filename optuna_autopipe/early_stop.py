@@ -1,0 +1,278 @@
+"""``AutoPipeEarlyStop``: record a run's training dynamics and stop it at a fraction of its length.
+
+One hook per trial. It knows the planned training length ``total_steps`` (for a Hugging Face
+trainer it reads ``state.max_steps``) and stops at ``stop_step = ceil(fraction · total)``.
+Two ways to feed it:
+
+- any training loop: ``if hook.report(step, {"loss": ..., ...}): break``, then
+  ``hook.finish()``;
+- TRL / transformers trainers: ``trainer = SFTTrainer(..., callbacks=[hook.callback()])``,
+  ``trainer.train()``, ``hook.finish()``. Every logged scalar (loss, eval_loss, grad_norm,
+  learning_rate, entropy, ...) is recorded with its step; at the stop step the callback asks
+  the trainer to log, evaluate (when it has an eval strategy), save a checkpoint (for
+  promotion) and stop. The Optuna pruner is consulted after each report.
+
+What lands on the trial (user attrs, so any storage and optuna-dashboard show them):
+
+- the primary metric (``primary``, default the first of ``eval_loss``/``loss`` logged) at each
+  step as intermediate values;
+- ``autopipe:dynamics``: the ``TrainingDynamics`` JSON (every metric, compact);
+- ``fidelity``: the share of the planned training done, and ``autopipe:stop_step``;
+- after an early stop with a ``regressor``: ``autopipe:proxy`` and ``autopipe:proxy_variance``
+  (and ``autopipe:residual`` for a residual regressor; its proxy is s(x) + r̂, where s(x) is
+  the trial's ``autopipe:prior_score`` attr written by ``AutoPipeSampler``; without it only
+  the residual is recorded); ``autopipe:checkpoint`` when the trainer saved one.
+
+Fidelity is explicit: ``finish()`` raises ``optuna.TrialPruned`` after an early stop, so the
+trial ends PRUNED. No sampler takes a PRUNED trial for a full-fidelity result, ``Corpus``
+skips it, and its proxy is only in user attrs. A completed run (or ``fraction=1``) returns
+normally. To promote a stopped configuration, ``promote(study, trial)`` enqueues it at full
+fidelity with the checkpoint to resume from (``resume_checkpoint(trial)`` gives it back, and
+the new trial's dynamics continue the old ones), or a fresh run when there is none.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import optuna
+
+from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics, stop_step
+from optuna_autopipe.profile import DatasetProfile
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
+    from optuna_autopipe.regressor import EarlyStopRegressor
+
+_logger = logging.getLogger(__name__)
+
+PROXY_ATTR = "autopipe:proxy"
+PROXY_VARIANCE_ATTR = "autopipe:proxy_variance"
+RESIDUAL_ATTR = "autopipe:residual"
+#: s(x) of the trial's configuration, written by the sampler that proposed it.
+PRIOR_SCORE_ATTR = "autopipe:prior_score"
+STOP_STEP_ATTR = "autopipe:stop_step"
+CHECKPOINT_ATTR = "autopipe:checkpoint"
+PROMOTED_FROM_ATTR = "autopipe:promoted_from"
+#: Metrics tried in order when ``primary`` is not given.
+PRIMARY_DEFAULTS = ("eval_loss", "loss")
+
+
+class AutoPipeEarlyStop:
+    """Records a trial's training dynamics and stops it at ``fraction`` of ``total_steps``.
+
+    Args:
+        trial: the running trial.
+        total_steps: planned training length in steps; ``None`` for a trainer callback (read
+            from ``state.max_steps`` when training begins).
+        fraction: early-stop point as a share of ``total_steps``; 1 records without stopping.
+        primary: metric reported as the trial's intermediate value.
+        regressor: turns the dynamics at the stop into a proxy (``EarlyStopRegressor`` with
+            the same ``fraction``); without it only the dynamics are recorded.
+        dataset: the dataset's meta-features (a ``DatasetProfile`` or a mapping), for the
+            regressor.
+        max_points: at most this many points per metric are stored (evenly thinned).
+        checkpoint: let a trainer save a checkpoint at the stop (for promotion).
+    """
+
+    def __init__(
+        self,
+        trial: optuna.trial.Trial,
+        *,
+        total_steps: int | None = None,
+        fraction: float = 0.5,
+        primary: str | None = None,
+        regressor: EarlyStopRegressor | None = None,
+        dataset: DatasetProfile | Mapping[str, float] | None = None,
+        max_points: int = 2000,
+        checkpoint: bool = True,
+    ) -> None:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}.")
+        if regressor is not None and not math.isclose(regressor.fraction, fraction):
+            raise ValueError(
+                f"The regressor was trained on dynamics cut at {regressor.fraction:g} of "
+                f"training, but the hook stops at {fraction:g}; use the same fraction."
+            )
+        if regressor is not None and dataset is None:
+            raise ValueError("A regressor needs the dataset's features: pass dataset=profile.")
+        self.trial = trial
+        self.fraction = fraction
+        self.primary = primary
+        self.regressor = regressor
+        self.features = dict(
+            dataset.features if isinstance(dataset, DatasetProfile) else dataset or {}
+        )
+        self.max_points = max_points
+        self.checkpoint = checkpoint
+        self.dynamics: TrainingDynamics | None = None
+        self.stopped_early = False
+        self.pruned = False
+        self._reported: set[int] = set()
+        if total_steps is not None:
+            self.start(total_steps)
+
+    def start(self, total_steps: int) -> None:
+        """Set the planned length (done by the constructor or the trainer callback).
+
+        A promoted trial resuming from a checkpoint continues the dynamics recorded so far.
+        """
+        self.dynamics = TrainingDynamics(total_steps=total_steps)
+        earlier = self.trial.user_attrs.get(DYNAMICS_ATTR)
+        if resume_checkpoint(self.trial) is not None and earlier is not None:
+            self.dynamics.metrics = TrainingDynamics.from_json(earlier).metrics
+
+    @property
+    def stop_step(self) -> int | None:
+        """The step training stops at, ``None`` when it runs to the end."""
+        if self.dynamics is None or self.fraction >= 1.0:
+            return None
+        return stop_step(self.dynamics.total_steps, self.fraction)
+
+    def report(
+        self, step: int, metrics: Mapping[str, Any], *, intermediate: float | None = None
+    ) -> bool:
+        """Record the numeric ``metrics`` logged at ``step``; True when training should stop.
+
+        The intermediate value reported to Optuna is ``intermediate`` when given, otherwise
+        the primary metric (when it is among ``metrics``); one per step.
+        """
+        if self.dynamics is None:
+            raise RuntimeError(
+                "AutoPipeEarlyStop does not know the planned training length: pass "
+                "total_steps=..., or use hook.callback() with a trainer."
+            )
+        self.dynamics.record(step, metrics)
+        if self.primary is None:
+            self.primary = next((m for m in PRIMARY_DEFAULTS if m in metrics), None)
+        value = metrics.get(self.primary) if intermediate is None else intermediate
+        if isinstance(value, int | float) and math.isfinite(value) and step not in self._reported:
+            self.trial.report(float(value), step=int(step))
+            self._reported.add(int(step))
+        return self.should_stop(step)
+
+    def should_stop(self, step: int) -> bool:
+        """True at or after the stop step."""
+        cut = self.stop_step
+        self.stopped_early = self.stopped_early or (cut is not None and step >= cut)
+        return self.stopped_early
+
+    def prune(self) -> None:
+        """Mark the trial as pruned by the study's pruner (``finish`` then raises)."""
+        self.pruned = True
+
+    def write(self, *, fidelity: float | None = None) -> None:
+        """Write the dynamics, fidelity and (after an early stop) the proxy to the trial.
+
+        ``fidelity`` overrides the default ``min(last step, stop step) / total_steps`` (for
+        objectives that know better, e.g. a run that converged before its planned length).
+        """
+        if self.dynamics is None:
+            return
+        if fidelity is not None and fidelity >= 1.0:
+            self.stopped_early = False  # reached the stop step on its last step: complete
+        trial, dynamics = self.trial, self.dynamics
+        reached = min(dynamics.last_step, self.stop_step or dynamics.total_steps)
+        trial.set_user_attr(DYNAMICS_ATTR, dynamics.to_json(max_points=self.max_points))
+        trial.set_user_attr(
+            "fidelity", fidelity if fidelity is not None else reached / dynamics.total_steps
+        )
+        if self.stopped_early:
+            trial.set_user_attr(STOP_STEP_ATTR, self.stop_step)
+            if self.regressor is not None and not self.pruned:
+                self._write_proxy()
+
+    def _write_proxy(self) -> None:
+        assert self.regressor is not None
+        config = dict(self.trial.params)
+        prediction = self.regressor.predict([config], self.features, [self.dynamics])
+        mean, variance = float(prediction.mean[0]), float(prediction.variance[0])
+        self.trial.set_user_attr(PROXY_VARIANCE_ATTR, variance)
+        if self.regressor.target == "direct":
+            self.trial.set_user_attr(PROXY_ATTR, mean)
+            return
+        self.trial.set_user_attr(RESIDUAL_ATTR, mean)
+        prior_score = self.trial.user_attrs.get(PRIOR_SCORE_ATTR)
+        if prior_score is not None:
+            self.trial.set_user_attr(PROXY_ATTR, float(prior_score) + mean)
+
+    def finish(self, *, fidelity: float | None = None) -> None:
+        """``write``, then raise ``optuna.TrialPruned`` if the run stopped before its end."""
+        self.write(fidelity=fidelity)
+        if self.pruned:
+            raise optuna.TrialPruned("pruned by the study's pruner")
+        if self.stopped_early:
+            assert self.dynamics is not None
+            raise optuna.TrialPruned(
+                f"early-stopped at step {self.stop_step} of {self.dynamics.total_steps} "
+                f"(fraction {self.fraction:g}); proxy in user attrs"
+            )
+
+    def callback(self) -> TrainerCallback:
+        """A ``transformers.TrainerCallback`` feeding this hook (see the module docstring)."""
+        return _trainer_callback(self)
+
+
+def _trainer_callback(hook: AutoPipeEarlyStop) -> TrainerCallback:
+    from transformers import TrainerCallback
+
+    class EarlyStopCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if hook.dynamics is None:
+                hook.start(state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if hook.should_stop(state.global_step):
+                control.should_training_stop = True
+                control.should_log = True
+                control.should_evaluate = args.eval_strategy != "no"
+                control.should_save = hook.checkpoint
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+            step = state.global_step
+            if hook.report(step, logs or {}):
+                control.should_training_stop = True
+            elif step < state.max_steps and hook.trial.should_prune():
+                hook.prune()
+                control.should_training_stop = True
+
+        def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            if hook.stopped_early:
+                path = f"{args.output_dir}/checkpoint-{state.global_step}"
+                hook.trial.set_user_attr(CHECKPOINT_ATTR, path)
+
+    return EarlyStopCallback()
+
+
+def promote(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Enqueue ``trial``'s configuration for a full-fidelity run (resuming when it can).
+
+    The new trial carries ``autopipe:promoted_from`` (the trial number) and, when the early
+    stop saved one, ``autopipe:checkpoint``; the objective reads it back with
+    ``resume_checkpoint(trial)`` and passes it to ``trainer.train(resume_from_checkpoint=...)``.
+    """
+    attrs: dict[str, Any] = {PROMOTED_FROM_ATTR: trial.number}
+    if CHECKPOINT_ATTR in trial.user_attrs:
+        attrs[CHECKPOINT_ATTR] = trial.user_attrs[CHECKPOINT_ATTR]
+        attrs[DYNAMICS_ATTR] = trial.user_attrs.get(DYNAMICS_ATTR)
+    study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+
+
+def resume_checkpoint(trial: optuna.trial.Trial) -> str | None:
+    """The checkpoint a promoted trial resumes from (``None``: train from scratch)."""
+    if PROMOTED_FROM_ATTR not in trial.user_attrs:
+        return None
+    return trial.user_attrs.get(CHECKPOINT_ATTR)
+
+
+def proxy_of(trial: optuna.trial.FrozenTrial) -> tuple[float, float] | None:
+    """(proxy, variance) recorded on an early-stopped trial, ``None`` when it has none."""
+    proxy, variance = trial.user_attrs.get(PROXY_ATTR), trial.user_attrs.get(PROXY_VARIANCE_ATTR)
+    if proxy is None or variance is None or not np.isfinite([proxy, variance]).all():
+        return None
+    return float(proxy), float(variance)

@@ -1,0 +1,327 @@
+"""The early-stop regressor: truncated training dynamics → a proxy of the final score (B.2).
+
+Per training dataset ``d`` (corpus runs with recorded dynamics), the final score is
+standardised with that dataset's own corpus statistics, ``z(y) = (u(y) − mean_d) / sd_d``
+(``u`` orients scores so that higher is better; a held-out dataset never contributes), and
+the target is either
+
+- ``"residual"``: r = z(y) − s(x), with s(x) the prior's score standardised over the
+  dataset's runs (``prior_scores``); the proxy of a new run is ŷ = s(x) + r̂; or
+- ``"direct"``: z(y) itself (for methods without a prior: the "No Offline" ablation and the
+  early-stop baselines); the proxy is ẑ.
+
+Input row: ``SpaceEncoder`` columns, dataset meta-features and the dynamics features at the
+early-stop point ``fraction`` of each run's planned length (``dynamics.py``); s(x) is never
+an input. Columns are pruned as ``feature_filter`` describes. ``n_models`` XGBoost
+regressors with seeds ``seed .. seed+n−1``; prediction = ensemble mean, variance = ensemble
+variance, at least ``variance_floor``. A run with no finite point before the cut in any
+metric the regressor was trained on gets the defined fallback r̂ = 0 (the prior alone; ẑ = 0
+for ``"direct"``) with the variance of the training targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import xgboost as xgb
+
+from optuna_autopipe.corpus import Corpus, DatasetRuns
+from optuna_autopipe.dynamics import TrainingDynamics, feature_names
+from optuna_autopipe.ensemble_files import corrupt_prior, load_ensemble, save_ensemble
+from optuna_autopipe.feature_filter import FeatureFilter, flag_columns, informative_dataset_features
+from optuna_autopipe.ranker import Ranker
+from optuna_autopipe.space import SpaceEncoder
+
+Target = Literal["residual", "direct"]
+
+
+@dataclass(frozen=True)
+class RegressorParams:
+    """XGBoost settings of each ensemble member."""
+
+    max_depth: int = 4
+    learning_rate: float = 0.05
+    n_estimators: int = 300
+    subsample: float = 0.8
+    colsample_bytree: float = 0.8
+    min_child_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted targets and their variances, shape ``(n,)`` each."""
+
+    mean: np.ndarray
+    variance: np.ndarray
+
+
+@dataclass
+class EarlyStopRegressor:
+    """Fit on a ``Corpus`` whose runs carry ``TrainingDynamics``; predict r̂ (or ẑ)."""
+
+    fraction: float = 0.5
+    target: Target = "residual"
+    params: RegressorParams = field(default_factory=RegressorParams)
+    filter: FeatureFilter = field(default_factory=FeatureFilter)
+    n_models: int = 5
+    variance_floor: float = 0.05
+    use_dataset_features: bool = True
+    seed: int = 0
+    #: XGBoost threads per model (not saved: a runtime choice).
+    n_jobs: int = 1
+    encoder: SpaceEncoder | None = None
+    dataset_features: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    kept_columns: list[str] = field(default_factory=list)
+    target_variance: float = 1.0
+    models: list[xgb.XGBRegressor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.target not in ("residual", "direct"):
+            raise ValueError(f"target must be 'residual' or 'direct', got {self.target!r}.")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}.")
+        if not self.variance_floor > 0:
+            raise ValueError(f"variance_floor must be positive, got {self.variance_floor!r}.")
+
+    # --- training ------------------------------------------------------------------------
+
+    def fit(
+        self, corpus: Corpus, *, prior_scores: Mapping[str, np.ndarray] | None = None
+    ) -> EarlyStopRegressor:
+        """Train on the runs with dynamics; ``prior_scores[name]``: s(x) of every run of
+        dataset ``name`` (shape ``(n_runs,)``), required for ``target="residual"``."""
+        if self.target == "residual" and prior_scores is None:
+            raise ValueError(
+                "target='residual' needs the prior's scores of the corpus runs "
+                "(prior_scores=...; see regressor.prior_scores)."
+            )
+        datasets = [self._usable(d) for d in corpus.datasets]
+        usable = [
+            (d, keep) for d, keep in zip(corpus.datasets, datasets, strict=True) if len(keep) >= 2
+        ]
+        if len({d.group for d, _ in usable}) < 2:
+            raise ValueError(
+                "The early-stop regressor needs runs with recorded training dynamics on at "
+                f"least 2 datasets (2+ runs each); the corpus has {len(usable)}. Record "
+                "dynamics with AutoPipeEarlyStop in full-fidelity runs."
+            )
+        self.encoder = SpaceEncoder(corpus.space)
+        self.dataset_features = corpus.feature_names if self.use_dataset_features else []
+        self.metrics = sorted(
+            {m for d, keep in usable for i in keep for m in d.dynamics[i].metrics}
+        )
+        blocks, targets = [], []
+        for d, keep in usable:
+            utility = d.utility
+            z = (utility - utility.mean()) / (utility.std() or 1.0)
+            if self.target == "residual":
+                assert prior_scores is not None
+                z = z - _checked_scores(prior_scores, d)
+            blocks.append(
+                self._rows(
+                    [d.configs[i] for i in keep],
+                    d.features,
+                    [d.dynamics[i] for i in keep],
+                    filtered=False,
+                )
+            )
+            targets.append(z[keep])
+        columns = self._all_columns()
+        keep_mask = self._filter(blocks, usable, columns)
+        self.kept_columns = [c for c, k in zip(columns, keep_mask, strict=True) if k]
+        x, y = np.vstack(blocks)[:, keep_mask], np.concatenate(targets)
+        self.target_variance = float(max(y.var(), self.variance_floor))
+        self.models = []
+        for i in range(self.n_models):
+            model = xgb.XGBRegressor(
+                random_state=self.seed + i,
+                n_jobs=self.n_jobs,
+                tree_method="hist",
+                **asdict(self.params),
+            )
+            self.models.append(model.fit(x, y))
+        return self
+
+    def _usable(self, d: DatasetRuns) -> list[int]:
+        """Indices of ``d``'s runs whose dynamics have a point before the cut."""
+        return [
+            i
+            for i, dyn in enumerate(d.dynamics)
+            if dyn is not None and dyn.has_points(fraction=self.fraction)
+        ]
+
+    def _all_columns(self) -> list[str]:
+        assert self.encoder is not None
+        return self.encoder.columns + self.dataset_features + feature_names(self.metrics)
+
+    def _filter(
+        self,
+        blocks: Sequence[np.ndarray],
+        usable: Sequence[tuple[DatasetRuns, list[int]]],
+        columns: list[str],
+    ) -> np.ndarray:
+        """Keep mask: run-varying columns judged per dataset, dataset features across them."""
+        assert self.encoder is not None
+        n_config, n_data = len(self.encoder.columns), len(self.dataset_features)
+        varying = np.r_[np.arange(n_config), np.arange(n_config + n_data, len(columns))]
+        flags = sum(
+            flag_columns(b[:, varying], self.filter.var_ratio, self.filter.max_corr) for b in blocks
+        )
+        keep = np.ones(len(columns), dtype=bool)
+        keep[varying] = flags < self.filter.flag_share * len(blocks)
+        if n_data:
+            table = np.array(
+                [[d.features.get(f, math.nan) for f in self.dataset_features] for d, _ in usable]
+            )
+            keep[n_config : n_config + n_data] = informative_dataset_features(
+                table, self.filter.max_corr
+            )
+        return keep
+
+    def _rows(
+        self,
+        configs: Sequence[Mapping[str, Any]],
+        features: Mapping[str, float],
+        dynamics: Sequence[TrainingDynamics | None],
+        *,
+        filtered: bool,
+    ) -> np.ndarray:
+        assert self.encoder is not None
+        names = feature_names(self.metrics)
+        dyn = [
+            [math.nan] * len(names)
+            if d is None
+            else list(d.features(fraction=self.fraction, metrics=self.metrics).values())
+            for d in dynamics
+        ]
+        known = [float(features.get(name, math.nan)) for name in self.dataset_features]
+        rows = np.hstack(
+            [
+                self.encoder.encode(configs),
+                np.tile(known, (len(configs), 1)).reshape(len(configs), -1),
+                np.asarray(dyn, dtype=float).reshape(len(configs), -1),
+            ]
+        )
+        if not filtered:
+            return rows
+        index = {c: i for i, c in enumerate(self._all_columns())}
+        return rows[:, [index[c] for c in self.kept_columns]]
+
+    # --- prediction ----------------------------------------------------------------------
+
+    def predict(
+        self,
+        configs: Sequence[Mapping[str, Any]],
+        features: Mapping[str, float],
+        dynamics: Sequence[TrainingDynamics | None],
+    ) -> Prediction:
+        """r̂ (or ẑ) and its variance for runs of ``configs`` with their ``dynamics``."""
+        if not self.models:
+            raise RuntimeError("The regressor is not fitted; call fit(corpus) or Prior.load(...).")
+        if len(dynamics) != len(configs):
+            raise ValueError(f"{len(configs)} configs but {len(dynamics)} dynamics records.")
+        x = self._rows(configs, features, dynamics, filtered=True)
+        each = np.array([m.predict(x) for m in self.models], dtype=float)
+        mean, variance = each.mean(axis=0), np.maximum(each.var(axis=0), self.variance_floor)
+        blind = np.array(
+            [
+                d is None or not d.has_points(fraction=self.fraction, metrics=self.metrics)
+                for d in dynamics
+            ]
+        )
+        mean[blind], variance[blind] = 0.0, self.target_variance
+        return Prediction(mean=mean, variance=variance)
+
+    def proxy(self, prediction: Prediction, prior_score: np.ndarray | float | None) -> np.ndarray:
+        """ŷ = s(x) + r̂ (``"residual"``) or ẑ (``"direct"``), shape ``(n,)``."""
+        if self.target == "direct":
+            return prediction.mean
+        if prior_score is None:
+            raise ValueError("A residual regressor's proxy needs the prior score s(x).")
+        return np.asarray(prior_score, dtype=float) + prediction.mean
+
+    # --- persistence ---------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``regressor.json`` (schema) and ``regressor-<i>.json`` (XGBoost models)."""
+        assert self.encoder is not None
+        schema = {
+            "fraction": self.fraction,
+            "target": self.target,
+            "params": asdict(self.params),
+            "filter": asdict(self.filter),
+            "variance_floor": self.variance_floor,
+            "use_dataset_features": self.use_dataset_features,
+            "seed": self.seed,
+            "space": json.loads(self.encoder.to_json()),
+            "dataset_features": self.dataset_features,
+            "metrics": self.metrics,
+            "kept_columns": self.kept_columns,
+            "target_variance": self.target_variance,
+        }
+        save_ensemble(directory, "regressor", self.models, schema)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> EarlyStopRegressor:
+        schema, models = load_ensemble(directory, "regressor", xgb.XGBRegressor)
+        try:
+            return cls(
+                fraction=schema["fraction"],
+                target=schema["target"],
+                params=RegressorParams(**schema["params"]),
+                filter=FeatureFilter(**schema["filter"]),
+                n_models=len(models),
+                variance_floor=schema["variance_floor"],
+                use_dataset_features=schema["use_dataset_features"],
+                seed=schema["seed"],
+                encoder=SpaceEncoder.from_json(json.dumps(schema["space"])),
+                dataset_features=schema["dataset_features"],
+                metrics=schema["metrics"],
+                kept_columns=schema["kept_columns"],
+                target_variance=schema["target_variance"],
+                models=models,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise corrupt_prior(directory, exc) from exc
+
+
+def prior_scores(corpus: Corpus, ranker: Ranker, *, folds: int = 0) -> dict[str, np.ndarray]:
+    """s(x) of every corpus run, standardised over its dataset's runs.
+
+    ``folds=0``: the fitted ``ranker`` scores every dataset (in-sample: the ranker has seen
+    these runs, so its scores are better than on a new dataset and residuals come out too
+    small). ``folds=k``: cross-fitting, as a new dataset will see the ranker: groups are dealt
+    into ``min(k, groups)`` folds and each fold is scored by a ranker with ``ranker``'s
+    settings trained on the other folds. Cross-fitting needs 3+ groups (each training split
+    must hold 2); with fewer it falls back to in-sample scores (``ranker`` must be fitted).
+    """
+    groups = sorted({d.group for d in corpus.datasets})
+    folds = min(folds, len(groups))
+    if folds < 2 or len(groups) < 3:
+        return {d.name: ranker.score(d.configs, d.features) for d in corpus.datasets}
+    scores = {}
+    for k in range(folds):
+        held = {g for i, g in enumerate(groups) if i % folds == k}
+        train = corpus.without(d.name for d in corpus.datasets if d.group in held)
+        fitted = dataclasses.replace(ranker, encoder=None, models=[]).fit(train)
+        for d in corpus.datasets:
+            if d.group in held:
+                scores[d.name] = fitted.score(d.configs, d.features)
+    return scores
+
+
+def _checked_scores(scores: Mapping[str, np.ndarray], d: DatasetRuns) -> np.ndarray:
+    if d.name not in scores or len(scores[d.name]) != len(d.configs):
+        raise ValueError(
+            f"prior_scores must give s(x) for each of the {len(d.configs)} runs of dataset "
+            f"{d.name!r}."
+        )
+    return np.asarray(scores[d.name], dtype=float)

@@ -1,0 +1,175 @@
+"""AutoPipeEarlyStop through plain ``report`` calls, in the replays, and the ES baselines."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import optuna_autopipe.bench.early_stop_method as es_method
+from optuna_autopipe.bench.harness import outcome
+from optuna_autopipe.bench.methods import Context, get_method
+from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
+from optuna_autopipe.early_stop import (
+    PRIOR_SCORE_ATTR,
+    PROXY_ATTR,
+    PROXY_VARIANCE_ATTR,
+    RESIDUAL_ATTR,
+    AutoPipeEarlyStop,
+    proxy_of,
+)
+from optuna_autopipe.regressor import EarlyStopRegressor
+
+
+@pytest.fixture(scope="module")
+def nmt_regressors(nmt):
+    """Residual (in-sample zeros as s(x)) and direct regressors on NMT's recorded runs."""
+    corpus = Corpus.from_tasks(nmt.tasks, groups=nmt.groups, dynamics=True)
+    zeros = {d.name: np.zeros(len(d.configs)) for d in corpus.datasets}
+    return {
+        "residual": EarlyStopRegressor(n_models=2).fit(corpus, prior_scores=zeros),
+        "direct": EarlyStopRegressor(target="direct", n_models=2).fit(corpus),
+    }
+
+
+def _loop_objective(hook_options, losses, prior_score=None):
+    """A plain training loop logging loss and learning rate for ``len(losses)`` steps."""
+
+    def objective(trial):
+        trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+        if prior_score is not None:
+            trial.set_user_attr(PRIOR_SCORE_ATTR, prior_score)
+        hook = AutoPipeEarlyStop(trial, total_steps=len(losses), **hook_options)
+        for step, loss in enumerate(losses, 1):
+            if hook.report(step, {"loss": loss, "learning_rate": 1e-4 / step}):
+                break
+        hook.finish()
+        return losses[-1]
+
+    return objective
+
+
+def _one_trial(objective):
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    study.optimize(objective, n_trials=1)
+    return study.trials[0]
+
+
+def test_report_path_stops_at_the_fraction_and_leaves_a_pruned_trial_with_its_record():
+    trial = _one_trial(_loop_objective({"fraction": 0.5}, [3.0 - 0.1 * i for i in range(10)]))
+    assert trial.state == TrialState.PRUNED
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4, 5]
+    assert trial.intermediate_values[5] == pytest.approx(2.6)
+    assert trial.user_attrs["fidelity"] == 0.5 and trial.user_attrs["autopipe:stop_step"] == 5
+    dynamics = TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR])
+    assert dynamics.total_steps == 10 and set(dynamics.metrics) == {"loss", "learning_rate"}
+    assert [p[0] for p in dynamics.metrics["loss"]] == [1, 2, 3, 4, 5]
+    assert PROXY_ATTR not in trial.user_attrs  # no regressor: dynamics only
+    assert proxy_of(trial) is None
+
+
+def test_full_fidelity_runs_complete_and_still_record_their_dynamics():
+    trial = _one_trial(_loop_objective({"fraction": 1.0}, [2.0, 1.5, 1.2, 1.1]))
+    assert trial.state == TrialState.COMPLETE and trial.value == 1.1
+    assert trial.user_attrs["fidelity"] == 1.0
+    assert len(TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR]).metrics["loss"]) == 4
+
+
+@pytest.mark.parametrize("target", ["residual", "direct"])
+def test_an_early_stop_with_a_regressor_records_its_proxy(nmt_regressors, target):
+    regressor = nmt_regressors[target]
+    options = {"regressor": regressor, "dataset": {"log10_dataset_size": 5.0}}
+    trial = _one_trial(_loop_objective(options, [9.0, 7.0, 6.0, 5.5], prior_score=0.7))
+    assert trial.state == TrialState.PRUNED
+    dynamics = TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR])
+    expected = regressor.predict([trial.params], options["dataset"], [dynamics])
+    assert trial.user_attrs[PROXY_VARIANCE_ATTR] == pytest.approx(expected.variance[0])
+    if target == "residual":
+        assert trial.user_attrs[RESIDUAL_ATTR] == pytest.approx(expected.mean[0])
+        assert trial.user_attrs[PROXY_ATTR] == pytest.approx(0.7 + expected.mean[0])
+    else:
+        assert trial.user_attrs[PROXY_ATTR] == pytest.approx(expected.mean[0])
+    assert proxy_of(trial) == pytest.approx(
+        (trial.user_attrs[PROXY_ATTR], trial.user_attrs[PROXY_VARIANCE_ATTR])
+    )
+
+
+def test_a_diverged_or_silent_run_gets_the_regressor_fallback_not_a_crash(nmt_regressors):
+    regressor = nmt_regressors["residual"]
+    options = {"regressor": regressor, "dataset": {}}
+    for losses in ([math.nan, math.inf, math.nan, math.nan], [None] * 4):
+        trial = _one_trial(_loop_objective(options, losses, prior_score=-0.2))
+        assert trial.state == TrialState.PRUNED
+        assert trial.user_attrs[RESIDUAL_ATTR] == 0.0
+        assert trial.user_attrs[PROXY_ATTR] == pytest.approx(-0.2)
+        assert trial.user_attrs[PROXY_VARIANCE_ATTR] == pytest.approx(regressor.target_variance)
+
+
+def test_a_residual_proxy_without_a_prior_score_records_only_the_residual(nmt_regressors):
+    options = {"regressor": nmt_regressors["residual"], "dataset": {}}
+    trial = _one_trial(_loop_objective(options, [9.0, 7.0, 6.0, 5.5]))
+    assert RESIDUAL_ATTR in trial.user_attrs and PROXY_ATTR not in trial.user_attrs
+
+
+def test_bad_hook_arguments_are_rejected_with_the_fix(nmt_regressors):
+    trial = optuna.create_study().ask()
+    with pytest.raises(ValueError, match="fraction"):
+        AutoPipeEarlyStop(trial, total_steps=10, fraction=0)
+    with pytest.raises(ValueError, match="same fraction"):
+        AutoPipeEarlyStop(trial, fraction=0.25, regressor=nmt_regressors["direct"], dataset={})
+    with pytest.raises(ValueError, match="dataset=profile"):
+        AutoPipeEarlyStop(trial, regressor=nmt_regressors["direct"])
+    with pytest.raises(RuntimeError, match="total_steps"):
+        AutoPipeEarlyStop(trial).report(1, {"loss": 1.0})
+    with pytest.raises(ValueError, match="total_steps"):
+        AutoPipeEarlyStop(trial, total_steps=0)
+
+
+def test_replay_runs_through_the_hook_with_every_logged_metric(lcbench):
+    task = lcbench.tasks[0]
+    study = optuna.create_study(direction="maximize")
+    study.optimize(task.objective(seed=1, fraction=0.5), n_trials=2)
+    for trial in study.trials:
+        assert trial.state == TrialState.PRUNED and trial.user_attrs["fidelity"] == 0.5
+        dynamics = TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR])
+        assert set(dynamics.metrics) == {
+            "val_accuracy",
+            "val_balanced_accuracy",
+            "val_cross_entropy",
+        }
+        assert dynamics.total_steps == 52 and dynamics.last_step == 26
+        assert list(trial.intermediate_values) == list(range(1, 27))
+
+
+def test_early_stop_baselines_spend_half_runs_then_verify_the_best_proxy(nmt):
+    task = nmt.task("ted-zh-en")
+    for name in ("random-es", "tpe-es"):
+        ctx = Context(
+            task=task,
+            offline=nmt.offline(task.name, "grouped"),
+            seed=3,
+            budget=4,
+            evaluations={},
+            study_name=f"es/{name}",
+        )
+        study = get_method(name)(ctx)
+        early = study.trials[:4]
+        proxies = [
+            es_method._proxy(t, es_method.direct_regressor(tuple(ctx.offline)), task) for t in early
+        ]
+        best = early[int(np.argmax(proxies))]
+        if best.state == TrialState.COMPLETE:
+            assert len(study.trials) == 4
+        else:
+            verification = study.trials[4]
+            assert len(study.trials) == 5 and verification.state == TrialState.COMPLETE
+            assert verification.params == best.params
+            assert verification.user_attrs["autopipe:verifies"] == best.number
+        assert all(PROXY_ATTR in t.user_attrs for t in early if t.state == TrialState.PRUNED)
+        record = outcome(study, ctx, protocol="grouped")
+        assert record["cost"] == pytest.approx(sum(e.cost for e in ctx.evaluations.values()))
+        assert record["cost"] < 4

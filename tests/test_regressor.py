@@ -1,0 +1,136 @@
+"""The early-stop regressor on synthetic corpora whose residual is readable from the dynamics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from optuna.distributions import FloatDistribution
+from scipy.stats import spearmanr
+
+from optuna_autopipe.corpus import Corpus, DatasetRuns
+from optuna_autopipe.dynamics import TrainingDynamics
+from optuna_autopipe.prior import Prior, fit_prior
+from optuna_autopipe.ranker import Ranker, RankerParams
+from optuna_autopipe.regressor import EarlyStopRegressor, prior_scores
+
+SPACE = {"x": FloatDistribution(0.0, 1.0), "w": FloatDistribution(0.0, 1.0)}
+TOTAL = 40
+
+
+def _dataset(name: str, seed: int, n: int = 80) -> DatasetRuns:
+    """Score y = q + x: x is what a prior can know, q (a run's hidden quality) only shows in
+    the slope of its loss, and only before the cut does the loss carry it cleanly."""
+    rng = np.random.default_rng(seed)
+    x, w, q = rng.random(n), rng.random(n), rng.normal(0, 1, n)
+    dynamics = []
+    for quality in q:
+        steps = np.arange(1, TOTAL + 1)
+        loss = 3 - 0.02 * (1 + quality) * steps + rng.normal(0, 0.01, TOTAL)
+        dynamics.append(
+            TrainingDynamics(total_steps=TOTAL, metrics={"loss": np.c_[steps, loss].tolist()})
+        )
+    return DatasetRuns(
+        name=name,
+        direction="maximize",
+        features={"size": float(seed)},
+        configs=[{"x": float(a), "w": float(b)} for a, b in zip(x, w, strict=True)],
+        scores=q + x + 10 * seed,  # per-dataset offsets: z(y) must remove them
+        dynamics=dynamics,
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return Corpus(dict(SPACE), [_dataset(f"d{i}", i) for i in range(5)])
+
+
+def _z(d: DatasetRuns) -> np.ndarray:
+    return (d.utility - d.utility.mean()) / d.utility.std()
+
+
+def test_residual_regressor_learns_the_residual_on_a_held_out_dataset(corpus):
+    train, held = corpus.without(["d4"]), corpus.dataset("d4")
+    ranker = Ranker(params=RankerParams(n_estimators=50), n_models=1).fit(train)
+    scores = prior_scores(train, ranker, folds=4)
+    regressor = EarlyStopRegressor(n_models=5).fit(train, prior_scores=scores)
+    s = ranker.score(held.configs, held.features)
+    prediction = regressor.predict(held.configs, held.features, held.dynamics)
+    residual = _z(held) - s
+    assert np.corrcoef(prediction.mean, residual)[0, 1] > 0.8
+    proxy = regressor.proxy(prediction, s)
+    assert spearmanr(proxy, held.utility).statistic > 0.8
+    assert spearmanr(proxy, held.utility).statistic > spearmanr(s, held.utility).statistic + 0.2
+    assert (prediction.variance >= regressor.variance_floor).all()
+
+
+def test_direct_regressor_predicts_the_standardised_score(corpus):
+    train, held = corpus.without(["d4"]), corpus.dataset("d4")
+    regressor = EarlyStopRegressor(target="direct").fit(train)
+    prediction = regressor.predict(held.configs, held.features, held.dynamics)
+    assert np.corrcoef(prediction.mean, _z(held))[0, 1] > 0.8
+    np.testing.assert_array_equal(regressor.proxy(prediction, None), prediction.mean)
+
+
+def test_cross_fitted_prior_scores_never_come_from_a_ranker_that_saw_the_dataset(corpus):
+    ranker = Ranker(params=RankerParams(n_estimators=20), n_models=1).fit(corpus)
+    crossed = prior_scores(corpus, ranker, folds=5)
+    inside = prior_scores(corpus, ranker)
+    assert crossed.keys() == inside.keys() == {d.name for d in corpus.datasets}
+    for name in crossed:
+        assert crossed[name].shape == (80,) and abs(crossed[name].mean()) < 1e-9
+        assert not np.allclose(crossed[name], inside[name])
+
+
+def test_runs_without_usable_dynamics_fall_back_to_the_prior_with_wide_variance(corpus):
+    regressor = EarlyStopRegressor(target="residual").fit(
+        corpus, prior_scores={d.name: np.zeros(80) for d in corpus.datasets}
+    )
+    configs = [{"x": 0.5, "w": 0.5}] * 4
+    dynamics = [
+        None,
+        TrainingDynamics(total_steps=TOTAL),
+        TrainingDynamics(total_steps=TOTAL, metrics={"loss": [[1, math.nan], [5, math.inf]]}),
+        TrainingDynamics(total_steps=TOTAL, metrics={"loss": [[30, 1.0]]}),  # only past the cut
+    ]
+    prediction = regressor.predict(configs, {"size": 1.0}, dynamics)
+    np.testing.assert_array_equal(prediction.mean, 0.0)
+    np.testing.assert_allclose(prediction.variance, regressor.target_variance)
+    diverged = TrainingDynamics(total_steps=TOTAL, metrics={"loss": [[1, 3.0], [5, math.nan]]})
+    assert np.isfinite(regressor.predict(configs[:1], {}, [diverged]).mean).all()
+
+
+def test_bad_inputs_name_the_problem(corpus):
+    with pytest.raises(ValueError, match="prior_scores"):
+        EarlyStopRegressor().fit(corpus)
+    with pytest.raises(ValueError, match="runs of dataset 'd0'"):
+        EarlyStopRegressor().fit(corpus, prior_scores={"d0": np.zeros(3)})
+    no_dynamics = Corpus(
+        dict(SPACE),
+        [DatasetRuns(d.name, d.direction, {}, d.configs, d.scores) for d in corpus.datasets],
+    )
+    with pytest.raises(ValueError, match="recorded training dynamics on at least 2 datasets"):
+        EarlyStopRegressor(target="direct").fit(no_dynamics)
+    with pytest.raises(ValueError, match="target"):
+        EarlyStopRegressor(target="absolute")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="variance_floor"):
+        EarlyStopRegressor(variance_floor=0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        EarlyStopRegressor().predict([], {}, [])
+
+
+def test_fit_prior_adds_the_regressor_and_both_survive_save_and_load(corpus, tmp_path):
+    prior = fit_prior(corpus, grid=[RankerParams(n_estimators=30)], n_models=1)
+    assert prior.regressor is not None and prior.regressor.target == "residual"
+    assert prior.record["regressor"] == {"fraction": 0.5, "cross_fit": 4}
+    prior.save(tmp_path)
+    loaded = Prior.load(tmp_path)
+    held = corpus.dataset("d2")
+    before = prior.regressor.predict(held.configs, held.features, held.dynamics)
+    after = loaded.regressor.predict(held.configs, held.features, held.dynamics)
+    np.testing.assert_allclose(after.mean, before.mean, rtol=1e-6)
+    np.testing.assert_allclose(after.variance, before.variance, rtol=1e-6)
+    (tmp_path / "regressor-1.json").write_text("{broken")
+    with pytest.raises(ValueError, match="corrupt or incompatible prior"):
+        Prior.load(tmp_path)
