@@ -9,6 +9,7 @@ from optuna.distributions import FloatDistribution
 
 from optuna_autopipe.cli import main
 from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.dynamics import DYNAMICS_ATTR
 from optuna_autopipe.prior import DEFAULT_GRID, Prior, fit_prior
 from optuna_autopipe.profile import PROFILE_ATTR
 
@@ -43,7 +44,7 @@ def test_loaded_prior_scores_a_new_dataset_and_checks_its_space(nmt_prior, nmt):
         prior.check_space({**space, "warmup": FloatDistribution(0, 0.1)})
 
 
-def test_cli_fits_a_prior_from_studies_and_from_a_benchmark(tmp_path, nmt, capsys):
+def test_cli_fits_a_prior_from_studies_and_from_a_benchmark(tmp_path, nmt, capsys, caplog):
     storage = f"sqlite:///{tmp_path / 'past.db'}"
     for task in nmt.tasks[:2]:
         study = optuna.create_study(
@@ -55,16 +56,30 @@ def test_cli_fits_a_prior_from_studies_and_from_a_benchmark(tmp_path, nmt, capsy
         )
         study.set_user_attr(PROFILE_ATTR, {"name": task.name, "features": task.dataset_features})
         study.optimize(task.objective(seed=0), n_trials=12)
+        params = study.trials[0].params
+        broken = {DYNAMICS_ATTR: "{not json", "fidelity": 1.0}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=task.search_space, value=9.0, user_attrs=broken
+            )
+        )
     studies = ",".join(t.name for t in nmt.tasks[:2])
+    corpus = Corpus.from_studies(storage, studies.split(","))
+    assert [sum(d is not None for d in ds.dynamics) for ds in corpus.datasets] == [12, 12]
+    assert "the run is kept without dynamics" in caplog.text
     assert (
         main(
             ["fit-prior", "--storage", storage, "--studies", studies, "--out", str(tmp_path / "a")]
         )
         == 0
     )
-    assert Prior.load(tmp_path / "a").record["corpus"] == {t.name: 12 for t in nmt.tasks[:2]}
+    from_studies = Prior.load(tmp_path / "a")
+    assert from_studies.record["corpus"] == {t.name: 13 for t in nmt.tasks[:2]}
+    assert from_studies.regressor is not None  # the studies' trials recorded their dynamics
+    assert from_studies.regressor.metrics == ["dev_perplexity"]
     assert main(["fit-prior", "--benchmark", "nmt", "--no-tune", "--out", str(tmp_path / "b")]) == 0
     assert len(Prior.load(tmp_path / "b").record["grid_search"]) == 1
+    assert Prior.load(tmp_path / "b").record["regressor"] == {"fraction": 0.5, "cross_fit": 4}
     two_groups = Prior.load(tmp_path / "a").record["grid_search"]
     assert two_groups[0]["ndcg@5_mean"] is None  # 2 groups: nothing to tune on, documented
     assert (

@@ -134,3 +134,18 @@ def test_fit_prior_adds_the_regressor_and_both_survive_save_and_load(corpus, tmp
     (tmp_path / "regressor-1.json").write_text("{broken")
     with pytest.raises(ValueError, match="corrupt or incompatible prior"):
         Prior.load(tmp_path)
+
+
+def test_corpus_files_keep_the_dynamics(corpus, tmp_path):
+    corpus.save(tmp_path / "corpus.jsonl")
+    loaded = Corpus.load(tmp_path / "corpus.jsonl")
+    for before, after in zip(corpus.datasets, loaded.datasets, strict=True):
+        assert [d.total_steps for d in after.dynamics] == [TOTAL] * len(before.configs)
+        np.testing.assert_allclose(
+            after.dynamics[3].metrics["loss"], before.dynamics[3].metrics["loss"], rtol=1e-6
+        )
+    lines = (tmp_path / "corpus.jsonl").read_text().splitlines()
+    lines[2] = lines[2].replace('"total_steps"', '"steps"')
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines))
+    with pytest.raises(ValueError, match="a run of d0 is not a training-dynamics record"):
+        Corpus.load(tmp_path / "bad.jsonl")
