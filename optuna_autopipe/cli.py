@@ -19,8 +19,8 @@ from pathlib import Path
 from objectives.data import BenchmarkDataError, download
 from objectives.registry import BENCHMARKS
 
-DEFAULT_METHODS = "random,tpe,gp,bohb,random1,global,offline,smac"
-DEMO_METHODS = "random,tpe,gp,bohb,random1,global,offline"
+DEFAULT_METHODS = "random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es"
+DEMO_METHODS = "random,tpe,gp,bohb,random1,global,offline,random-es,tpe-es"
 
 
 def _methods(text: str) -> list[str]:

@@ -14,9 +14,12 @@ Input row: ``SpaceEncoder`` columns, dataset meta-features and the dynamics feat
 early-stop point ``fraction`` of each run's planned length (``dynamics.py``); s(x) is never
 an input. Columns are pruned as ``feature_filter`` describes. ``n_models`` XGBoost
 regressors with seeds ``seed .. seed+n−1``; prediction = ensemble mean, variance = ensemble
-variance, at least ``variance_floor``. A run with no finite point before the cut in any
-metric the regressor was trained on gets the defined fallback r̂ = 0 (the prior alone; ẑ = 0
-for ``"direct"``) with the variance of the training targets.
+variance, at least the noise floor: ``variance_floor`` when given, otherwise (default) the
+out-of-fold mean squared error of the regressor on held-out groups of the corpus, measured at
+fit time (the ensemble's spread alone is far smaller than its real error). A run with no
+finite point before the cut in any metric the regressor was trained on gets the defined
+fallback r̂ = 0 (the prior alone; ẑ = 0 for ``"direct"``) with the variance of the training
+targets.
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ class EarlyStopRegressor:
     params: RegressorParams = field(default_factory=RegressorParams)
     filter: FeatureFilter = field(default_factory=FeatureFilter)
     n_models: int = 5
-    variance_floor: float = 0.05
+    variance_floor: float | None = None
+    calibration_folds: int = 4
     use_dataset_features: bool = True
     seed: int = 0
     #: XGBoost threads per model (not saved: a runtime choice).
@@ -81,6 +85,7 @@ class EarlyStopRegressor:
     metrics: list[str] = field(default_factory=list)
     kept_columns: list[str] = field(default_factory=list)
     target_variance: float = 1.0
+    error_variance: float = 1.0
     models: list[xgb.XGBRegressor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -88,8 +93,11 @@ class EarlyStopRegressor:
             raise ValueError(f"target must be 'residual' or 'direct', got {self.target!r}.")
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}.")
-        if not self.variance_floor > 0:
-            raise ValueError(f"variance_floor must be positive, got {self.variance_floor!r}.")
+        if self.variance_floor is not None and not self.variance_floor > 0:
+            raise ValueError(
+                "variance_floor must be positive (or None: calibrated), got "
+                f"{self.variance_floor!r}."
+            )
 
     # --- training ------------------------------------------------------------------------
 
@@ -138,17 +146,31 @@ class EarlyStopRegressor:
         keep_mask = self._filter(blocks, usable, columns)
         self.kept_columns = [c for c, k in zip(columns, keep_mask, strict=True) if k]
         x, y = np.vstack(blocks)[:, keep_mask], np.concatenate(targets)
-        self.target_variance = float(max(y.var(), self.variance_floor))
-        self.models = []
-        for i in range(self.n_models):
-            model = xgb.XGBRegressor(
-                random_state=self.seed + i,
-                n_jobs=self.n_jobs,
-                tree_method="hist",
-                **asdict(self.params),
-            )
-            self.models.append(model.fit(x, y))
+        groups = np.concatenate([np.full(len(keep), d.group) for d, keep in usable])
+        self.target_variance = float(y.var())
+        self.error_variance = self._out_of_fold_error(x, y, groups)
+        self.models = [self._model(self.seed + i).fit(x, y) for i in range(self.n_models)]
         return self
+
+    def _model(self, seed: int) -> xgb.XGBRegressor:
+        return xgb.XGBRegressor(
+            random_state=seed, n_jobs=self.n_jobs, tree_method="hist", **asdict(self.params)
+        )
+
+    def _out_of_fold_error(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
+        """Mean squared error of one model per fold of groups on the groups it did not see
+        (``calibration_folds`` folds; the target variance when there are under 3 groups)."""
+        names = np.unique(groups)
+        folds = min(self.calibration_folds, len(names))
+        if folds < 2 or len(names) < 3:
+            return self.target_variance
+        fold_of = {g: i % folds for i, g in enumerate(names)}
+        fold = np.array([fold_of[g] for g in groups])
+        errors = np.empty_like(y)
+        for k in range(folds):
+            held = fold == k
+            errors[held] = self._model(self.seed).fit(x[~held], y[~held]).predict(x[held]) - y[held]
+        return float(np.mean(errors**2))
 
     def _usable(self, d: DatasetRuns) -> list[int]:
         """Indices of ``d``'s runs whose dynamics have a point before the cut."""
@@ -230,15 +252,21 @@ class EarlyStopRegressor:
             raise ValueError(f"{len(configs)} configs but {len(dynamics)} dynamics records.")
         x = self._rows(configs, features, dynamics, filtered=True)
         each = np.array([m.predict(x) for m in self.models], dtype=float)
-        mean, variance = each.mean(axis=0), np.maximum(each.var(axis=0), self.variance_floor)
+        mean, variance = each.mean(axis=0), np.maximum(each.var(axis=0), self.noise_floor)
         blind = np.array(
             [
                 d is None or not d.has_points(fraction=self.fraction, metrics=self.metrics)
                 for d in dynamics
             ]
         )
-        mean[blind], variance[blind] = 0.0, self.target_variance
+        mean[blind], variance[blind] = 0.0, max(self.target_variance, self.noise_floor)
         return Prediction(mean=mean, variance=variance)
+
+    @property
+    def noise_floor(self) -> float:
+        """The least variance of a prediction: ``variance_floor``, or when that is ``None``
+        the out-of-fold mean squared error measured at fit time."""
+        return self.error_variance if self.variance_floor is None else self.variance_floor
 
     def proxy(self, prediction: Prediction, prior_score: np.ndarray | float | None) -> np.ndarray:
         """ŷ = s(x) + r̂ (``"residual"``) or ẑ (``"direct"``), shape ``(n,)``."""
@@ -266,6 +294,8 @@ class EarlyStopRegressor:
             "metrics": self.metrics,
             "kept_columns": self.kept_columns,
             "target_variance": self.target_variance,
+            "error_variance": self.error_variance,
+            "calibration_folds": self.calibration_folds,
         }
         save_ensemble(directory, "regressor", self.models, schema)
 
@@ -287,6 +317,8 @@ class EarlyStopRegressor:
                 metrics=schema["metrics"],
                 kept_columns=schema["kept_columns"],
                 target_variance=schema["target_variance"],
+                error_variance=schema["error_variance"],
+                calibration_folds=schema["calibration_folds"],
                 models=models,
             )
         except (ValueError, KeyError, TypeError) as exc:

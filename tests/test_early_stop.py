@@ -106,7 +106,9 @@ def test_a_diverged_or_silent_run_gets_the_regressor_fallback_not_a_crash(nmt_re
         assert trial.state == TrialState.PRUNED
         assert trial.user_attrs[RESIDUAL_ATTR] == 0.0
         assert trial.user_attrs[PROXY_ATTR] == pytest.approx(-0.2)
-        assert trial.user_attrs[PROXY_VARIANCE_ATTR] == pytest.approx(regressor.target_variance)
+        assert trial.user_attrs[PROXY_VARIANCE_ATTR] == pytest.approx(
+            max(regressor.target_variance, regressor.noise_floor)
+        )
 
 
 def test_a_residual_proxy_without_a_prior_score_records_only_the_residual(nmt_regressors):

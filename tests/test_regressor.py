@@ -62,7 +62,10 @@ def test_residual_regressor_learns_the_residual_on_a_held_out_dataset(corpus):
     proxy = regressor.proxy(prediction, s)
     assert spearmanr(proxy, held.utility).statistic > 0.8
     assert spearmanr(proxy, held.utility).statistic > spearmanr(s, held.utility).statistic + 0.2
-    assert (prediction.variance >= regressor.variance_floor).all()
+    assert (prediction.variance >= regressor.error_variance).all()
+    # the calibrated floor is the out-of-fold error, close to the held-out dataset's error
+    held_error = np.mean((prediction.mean - residual) ** 2)
+    assert 0.3 * held_error < regressor.error_variance < 3 * held_error
 
 
 def test_direct_regressor_predicts_the_standardised_score(corpus):
@@ -97,6 +100,8 @@ def test_runs_without_usable_dynamics_fall_back_to_the_prior_with_wide_variance(
     prediction = regressor.predict(configs, {"size": 1.0}, dynamics)
     np.testing.assert_array_equal(prediction.mean, 0.0)
     np.testing.assert_allclose(prediction.variance, regressor.target_variance)
+    fixed = EarlyStopRegressor(target="direct", variance_floor=0.01).fit(corpus)
+    assert fixed.noise_floor == 0.01
     diverged = TrainingDynamics(total_steps=TOTAL, metrics={"loss": [[1, 3.0], [5, math.nan]]})
     assert np.isfinite(regressor.predict(configs[:1], {}, [diverged]).mean).all()
 
