@@ -9,7 +9,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.parametrize("script", ["fit_prior_from_studies.py"])
+@pytest.mark.parametrize("script", ["fit_prior_from_studies.py", "early_stop_any_loop.py"])
 def test_example_runs(script, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [script, str(tmp_path)])
     runpy.run_path(str(EXAMPLES / script), run_name="__main__")
