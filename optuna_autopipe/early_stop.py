@@ -14,8 +14,8 @@ Two ways to feed it:
 
 What lands on the trial (user attrs, so any storage and optuna-dashboard show them):
 
-- the primary metric (``primary``, default the first of ``eval_loss``/``loss`` logged) at each
-  step as intermediate values;
+- the primary metric (``primary``; by default ``eval_loss`` for a trainer that evaluates,
+  else ``loss``, and in a plain loop the first of them it reports) as intermediate values;
 - ``autopipe:dynamics``: the ``TrainingDynamics`` JSON (every metric, compact);
 - ``fidelity``: the share of the planned training done, and ``autopipe:stop_step``;
 - after an early stop with a ``regressor``: ``autopipe:proxy`` and ``autopipe:proxy_variance``
@@ -225,6 +225,8 @@ def _trainer_callback(hook: AutoPipeEarlyStop) -> TrainerCallback:
         def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             if hook.dynamics is None:
                 hook.start(state.max_steps)
+            if hook.primary is None:
+                hook.primary = "eval_loss" if args.eval_strategy != "no" else "loss"
 
         def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
             if hook.should_stop(state.global_step):
