@@ -45,8 +45,9 @@ from optuna_autopipe.bench.methods import config_key, scaled_rank
 from optuna_autopipe.bench.report import mean_se
 from optuna_autopipe.corpus import Corpus, DatasetRuns
 from optuna_autopipe.dynamics import stop_step
+from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.metrics import METRICS, ranking_metrics
-from optuna_autopipe.ranker import Ranker, RankerParams
+from optuna_autopipe.ranker import Ranker
 from optuna_autopipe.regressor import EarlyStopRegressor, prior_scores
 
 BASE_MODELS = ("ranker", "ranker-nodata", "global")
@@ -66,7 +67,7 @@ class _Fold:
     pool_size: int
     protocol: Protocol
     dataset: str
-    params: RankerParams = field(default_factory=RankerParams)
+    params: TreeParams = field(default_factory=TreeParams)
     fractions: tuple[float, ...] = ()
     regressor_rows: int = 500
 
@@ -89,7 +90,7 @@ def prior_report(
     data_dir: str | None = None,
     pool_size: int = 2000,
     workers: int = os.cpu_count() or 1,
-    ranker_params: RankerParams | None = None,
+    ranker_params: TreeParams | None = None,
     fractions: Sequence[float] = (0.25, 0.5, 0.75),
     regressor_rows: int = 500,
 ) -> pd.DataFrame:
@@ -103,7 +104,7 @@ def prior_report(
         raise ValueError(f"Unknown protocol {protocol!r}; choose 'lodo' or 'grouped'.")
     if pool_size < 2:
         raise ValueError(f"pool_size must be >= 2, got {pool_size}.")
-    params = ranker_params or RankerParams()
+    params = ranker_params or TreeParams()
     names = [t.name for t in _benchmark(benchmark, data_dir, pool_size).tasks]
     fractions = tuple(sorted(fractions))
     folds = [

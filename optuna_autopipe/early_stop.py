@@ -232,8 +232,9 @@ def _trainer_callback(hook: AutoPipeEarlyStop) -> TrainerCallback:
             if hook.should_stop(state.global_step):
                 control.should_training_stop = True
                 control.should_log = True
-                control.should_evaluate = args.eval_strategy != "no"
-                control.should_save = hook.checkpoint
+                # Add to what the trainer's schedule asked for at this step, never cancel it.
+                control.should_evaluate = control.should_evaluate or args.eval_strategy != "no"
+                control.should_save = control.should_save or hook.checkpoint
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
             step = state.global_step

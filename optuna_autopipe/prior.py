@@ -24,12 +24,13 @@ from optuna.distributions import BaseDistribution
 
 import optuna_autopipe
 from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.metrics import ranking_metrics
-from optuna_autopipe.ranker import Ranker, RankerParams
+from optuna_autopipe.ranker import Ranker
 from optuna_autopipe.regressor import EarlyStopRegressor, prior_scores
 
-DEFAULT_GRID: tuple[RankerParams, ...] = tuple(
-    RankerParams(max_depth=depth, n_estimators=trees) for depth in (3, 6) for trees in (100, 300)
+DEFAULT_GRID: tuple[TreeParams, ...] = tuple(
+    TreeParams(max_depth=depth, n_estimators=trees) for depth in (3, 6) for trees in (100, 300)
 )
 
 
@@ -92,7 +93,7 @@ def _folds(corpus: Corpus, max_folds: int) -> list[str]:
 def fit_prior(
     corpus: Corpus,
     *,
-    grid: Sequence[RankerParams] = DEFAULT_GRID,
+    grid: Sequence[TreeParams] = DEFAULT_GRID,
     max_folds: int = 6,
     tune_rows: int = 500,
     n_models: int = 3,

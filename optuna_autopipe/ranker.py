@@ -13,7 +13,6 @@ Score: s(x) = ensemble mean, standardised over the candidate set being scored.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ import numpy as np
 import xgboost as xgb
 
 from optuna_autopipe.corpus import Corpus, DatasetRuns
-from optuna_autopipe.ensemble_files import corrupt_prior, load_ensemble, save_ensemble
+from optuna_autopipe.ensemble import TreeParams, load_ensemble, save_ensemble
 from optuna_autopipe.feature_filter import (
     FeatureFilter,
     flag_columns,
@@ -33,23 +32,11 @@ from optuna_autopipe.feature_filter import (
 from optuna_autopipe.space import SpaceEncoder
 
 
-@dataclass(frozen=True)
-class RankerParams:
-    """XGBoost settings of each ensemble member."""
-
-    max_depth: int = 4
-    learning_rate: float = 0.1
-    n_estimators: int = 200
-    subsample: float = 0.8
-    colsample_bytree: float = 0.8
-    min_child_weight: float = 1.0
-
-
 @dataclass
 class Ranker:
     """Fit on a ``Corpus``; score candidate configurations for a dataset's features."""
 
-    params: RankerParams = field(default_factory=RankerParams)
+    params: TreeParams = field(default_factory=TreeParams)
     filter: FeatureFilter = field(default_factory=FeatureFilter)
     n_models: int = 3
     use_dataset_features: bool = True
@@ -169,32 +156,8 @@ class Ranker:
 
     def save(self, directory: str | Path) -> None:
         """Write ``ranker.json`` (schema) and ``ranker-<i>.json`` (XGBoost models)."""
-        assert self.encoder is not None
-        schema = {
-            "params": asdict(self.params),
-            "filter": asdict(self.filter),
-            "use_dataset_features": self.use_dataset_features,
-            "seed": self.seed,
-            "space": json.loads(self.encoder.to_json()),
-            "dataset_features": self.dataset_features,
-            "kept_columns": self.kept_columns,
-        }
-        save_ensemble(directory, "ranker", self.models, schema)
+        save_ensemble(directory, "ranker", self)
 
     @classmethod
     def load(cls, directory: str | Path) -> Ranker:
-        schema, models = load_ensemble(directory, "ranker", xgb.XGBRanker)
-        try:
-            return cls(
-                params=RankerParams(**schema["params"]),
-                filter=FeatureFilter(**schema["filter"]),
-                n_models=len(models),
-                use_dataset_features=schema["use_dataset_features"],
-                seed=schema["seed"],
-                encoder=SpaceEncoder.from_json(json.dumps(schema["space"])),
-                dataset_features=schema["dataset_features"],
-                kept_columns=schema["kept_columns"],
-                models=models,
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise corrupt_prior(directory, exc) from exc
+        return load_ensemble(directory, "ranker", cls, xgb.XGBRanker)

@@ -25,7 +25,6 @@ targets.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ import xgboost as xgb
 
 from optuna_autopipe.corpus import Corpus, DatasetRuns
 from optuna_autopipe.dynamics import TrainingDynamics, feature_names
-from optuna_autopipe.ensemble_files import corrupt_prior, load_ensemble, save_ensemble
+from optuna_autopipe.ensemble import TreeParams, load_ensemble, save_ensemble
 from optuna_autopipe.feature_filter import FeatureFilter, flag_columns, informative_dataset_features
 from optuna_autopipe.ranker import Ranker
 from optuna_autopipe.space import SpaceEncoder
@@ -45,16 +44,8 @@ from optuna_autopipe.space import SpaceEncoder
 Target = Literal["residual", "direct"]
 
 
-@dataclass(frozen=True)
-class RegressorParams:
-    """XGBoost settings of each ensemble member."""
-
-    max_depth: int = 4
-    learning_rate: float = 0.05
-    n_estimators: int = 300
-    subsample: float = 0.8
-    colsample_bytree: float = 0.8
-    min_child_weight: float = 1.0
+#: The regressor's default member settings (slower learning, more trees than the ranker's).
+REGRESSOR_PARAMS = TreeParams(learning_rate=0.05, n_estimators=300)
 
 
 @dataclass(frozen=True)
@@ -71,7 +62,7 @@ class EarlyStopRegressor:
 
     fraction: float = 0.5
     target: Target = "residual"
-    params: RegressorParams = field(default_factory=RegressorParams)
+    params: TreeParams = REGRESSOR_PARAMS
     filter: FeatureFilter = field(default_factory=FeatureFilter)
     n_models: int = 5
     variance_floor: float | None = None
@@ -280,49 +271,11 @@ class EarlyStopRegressor:
 
     def save(self, directory: str | Path) -> None:
         """Write ``regressor.json`` (schema) and ``regressor-<i>.json`` (XGBoost models)."""
-        assert self.encoder is not None
-        schema = {
-            "fraction": self.fraction,
-            "target": self.target,
-            "params": asdict(self.params),
-            "filter": asdict(self.filter),
-            "variance_floor": self.variance_floor,
-            "use_dataset_features": self.use_dataset_features,
-            "seed": self.seed,
-            "space": json.loads(self.encoder.to_json()),
-            "dataset_features": self.dataset_features,
-            "metrics": self.metrics,
-            "kept_columns": self.kept_columns,
-            "target_variance": self.target_variance,
-            "error_variance": self.error_variance,
-            "calibration_folds": self.calibration_folds,
-        }
-        save_ensemble(directory, "regressor", self.models, schema)
+        save_ensemble(directory, "regressor", self)
 
     @classmethod
     def load(cls, directory: str | Path) -> EarlyStopRegressor:
-        schema, models = load_ensemble(directory, "regressor", xgb.XGBRegressor)
-        try:
-            return cls(
-                fraction=schema["fraction"],
-                target=schema["target"],
-                params=RegressorParams(**schema["params"]),
-                filter=FeatureFilter(**schema["filter"]),
-                n_models=len(models),
-                variance_floor=schema["variance_floor"],
-                use_dataset_features=schema["use_dataset_features"],
-                seed=schema["seed"],
-                encoder=SpaceEncoder.from_json(json.dumps(schema["space"])),
-                dataset_features=schema["dataset_features"],
-                metrics=schema["metrics"],
-                kept_columns=schema["kept_columns"],
-                target_variance=schema["target_variance"],
-                error_variance=schema["error_variance"],
-                calibration_folds=schema["calibration_folds"],
-                models=models,
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise corrupt_prior(directory, exc) from exc
+        return load_ensemble(directory, "regressor", cls, xgb.XGBRegressor)
 
 
 def prior_scores(corpus: Corpus, ranker: Ranker, *, folds: int = 0) -> dict[str, np.ndarray]:

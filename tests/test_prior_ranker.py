@@ -11,9 +11,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from optuna_autopipe.corpus import PROFILE_ATTR, Corpus, DatasetRuns
+from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.feature_filter import FeatureFilter, flag_columns
 from optuna_autopipe.metrics import ranking_metrics
-from optuna_autopipe.ranker import Ranker, RankerParams
+from optuna_autopipe.ranker import Ranker
 
 SPACE = {"x": FloatDistribution(0.0, 1.0), "opt": CategoricalDistribution(["adam", "sgd"])}
 
@@ -42,9 +43,9 @@ def _synthetic(n_datasets: int = 8, n: int = 120, seed: int = 0) -> Corpus:
 def test_ranker_recovers_a_known_dataset_conditioned_ordering():
     corpus = _synthetic()
     held = corpus.dataset("d2")
-    ranker = Ranker(params=RankerParams(n_estimators=100)).fit(corpus.without(["d2"]))
+    ranker = Ranker(params=TreeParams(n_estimators=100)).fit(corpus.without(["d2"]))
     with_features = ranking_metrics(held.utility, ranker.raw_scores(held.configs, held.features))
-    blind = Ranker(params=RankerParams(n_estimators=100), use_dataset_features=False)
+    blind = Ranker(params=TreeParams(n_estimators=100), use_dataset_features=False)
     blind.fit(corpus.without(["d2"]))
     without = ranking_metrics(held.utility, blind.raw_scores(held.configs, held.features))
     assert with_features["pairwise_acc"] > 0.7  # chance is 0.5
@@ -54,7 +55,7 @@ def test_ranker_recovers_a_known_dataset_conditioned_ordering():
 
 
 def test_feature_filter_drops_constant_and_duplicate_features():
-    ranker = Ranker(params=RankerParams(n_estimators=10)).fit(_synthetic())
+    ranker = Ranker(params=TreeParams(n_estimators=10)).fit(_synthetic())
     assert "center" in ranker.kept_columns
     assert "constant" not in ranker.kept_columns and "copy_of_center" not in ranker.kept_columns
     block = np.column_stack([np.arange(10.0), np.ones(10), 2 * np.arange(10.0) + 1])
@@ -63,7 +64,7 @@ def test_feature_filter_drops_constant_and_duplicate_features():
 
 def test_save_and_load_give_identical_scores(tmp_path):
     corpus = _synthetic(n_datasets=4)
-    ranker = Ranker(params=RankerParams(n_estimators=20), filter=FeatureFilter()).fit(corpus)
+    ranker = Ranker(params=TreeParams(n_estimators=20), filter=FeatureFilter()).fit(corpus)
     ranker.save(tmp_path)
     loaded = Ranker.load(tmp_path)
     held = corpus.dataset("d1")
@@ -84,7 +85,7 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         DatasetRuns(
             name="bad", direction="minimize", features={}, configs=[{}, {}], scores=[1.0, math.nan]
         )
-    ranker = Ranker(params=RankerParams(n_estimators=5)).fit(corpus)
+    ranker = Ranker(params=TreeParams(n_estimators=5)).fit(corpus)
     with pytest.raises(ValueError, match="lacks 1 feature"):
         ranker.raw_scores([{"x": 0.1, "opt": "adam"}], {})
     with pytest.raises(ValueError, match="'opt' has value 'lion'"):
@@ -142,7 +143,7 @@ def test_corpus_file_errors_name_the_line(tmp_path):
 
 def test_benchmark_corpus_ranker_beats_chance_on_held_out_nmt_pair(nmt):
     corpus = Corpus.from_tasks(nmt.tasks, groups=nmt.groups)
-    ranker = Ranker(params=RankerParams(n_estimators=100))
+    ranker = Ranker(params=TreeParams(n_estimators=100))
     ranker.fit(corpus.without(["ted-ru-en", "ted-zh-en"]))
     held = corpus.dataset("ted-ru-en")
     metrics = ranking_metrics(held.utility, ranker.raw_scores(held.configs, held.features))

@@ -11,8 +11,9 @@ from scipy.stats import spearmanr
 
 from optuna_autopipe.corpus import Corpus, DatasetRuns
 from optuna_autopipe.dynamics import TrainingDynamics
+from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.prior import Prior, fit_prior
-from optuna_autopipe.ranker import Ranker, RankerParams
+from optuna_autopipe.ranker import Ranker
 from optuna_autopipe.regressor import EarlyStopRegressor, prior_scores
 
 SPACE = {"x": FloatDistribution(0.0, 1.0), "w": FloatDistribution(0.0, 1.0)}
@@ -52,7 +53,7 @@ def _z(d: DatasetRuns) -> np.ndarray:
 
 def test_residual_regressor_learns_the_residual_on_a_held_out_dataset(corpus):
     train, held = corpus.without(["d4"]), corpus.dataset("d4")
-    ranker = Ranker(params=RankerParams(n_estimators=50), n_models=1).fit(train)
+    ranker = Ranker(params=TreeParams(n_estimators=50), n_models=1).fit(train)
     scores = prior_scores(train, ranker, folds=4)
     regressor = EarlyStopRegressor(n_models=5).fit(train, prior_scores=scores)
     s = ranker.score(held.configs, held.features)
@@ -77,7 +78,7 @@ def test_direct_regressor_predicts_the_standardised_score(corpus):
 
 
 def test_cross_fitted_prior_scores_never_come_from_a_ranker_that_saw_the_dataset(corpus):
-    ranker = Ranker(params=RankerParams(n_estimators=20), n_models=1).fit(corpus)
+    ranker = Ranker(params=TreeParams(n_estimators=20), n_models=1).fit(corpus)
     crossed = prior_scores(corpus, ranker, folds=5)
     inside = prior_scores(corpus, ranker)
     assert crossed.keys() == inside.keys() == {d.name for d in corpus.datasets}
@@ -126,7 +127,7 @@ def test_bad_inputs_name_the_problem(corpus):
 
 
 def test_fit_prior_adds_the_regressor_and_both_survive_save_and_load(corpus, tmp_path):
-    prior = fit_prior(corpus, grid=[RankerParams(n_estimators=30)], n_models=1)
+    prior = fit_prior(corpus, grid=[TreeParams(n_estimators=30)], n_models=1)
     assert prior.regressor is not None and prior.regressor.target == "residual"
     assert prior.record["regressor"] == {"fraction": 0.5, "cross_fit": 4}
     prior.save(tmp_path)
