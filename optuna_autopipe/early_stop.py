@@ -8,7 +8,8 @@ Two ways to feed it:
   ``hook.finish()``;
 - TRL / transformers trainers: ``trainer = SFTTrainer(..., callbacks=[hook.callback()])``,
   ``trainer.train()``, ``hook.finish()``. Every logged scalar (loss, eval_loss, grad_norm,
-  learning_rate, entropy, ...) is recorded with its step; at the stop step the callback asks
+  learning_rate, entropy, ...) is recorded with its step (not timings, throughput, FLOPs or
+  the epoch counter); at the stop step the callback asks
   the trainer to log, evaluate (when it has an eval strategy), save a checkpoint (for
   promotion) and stop. The Optuna pruner is consulted after each report.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +63,8 @@ CHECKPOINT_ATTR = "autopipe:checkpoint"
 PROMOTED_FROM_ATTR = "autopipe:promoted_from"
 #: Metrics tried in order when ``primary`` is not given.
 PRIMARY_DEFAULTS = ("eval_loss", "loss")
+#: Trainer log entries that are bookkeeping (timings, throughput, progress), not dynamics.
+_BOOKKEEPING = re.compile(r"(_runtime|_per_second|total_flos|^epoch)$")
 
 
 class AutoPipeEarlyStop:
@@ -130,9 +134,10 @@ class AutoPipeEarlyStop:
     @property
     def stop_step(self) -> int | None:
         """The step training stops at, ``None`` when it runs to the end."""
-        if self.dynamics is None or self.fraction >= 1.0:
+        if self.dynamics is None:
             return None
-        return stop_step(self.dynamics.total_steps, self.fraction)
+        cut = stop_step(self.dynamics.total_steps, self.fraction)
+        return cut if cut < self.dynamics.total_steps else None
 
     def report(
         self, step: int, metrics: Mapping[str, Any], *, intermediate: float | None = None
@@ -238,7 +243,8 @@ def _trainer_callback(hook: AutoPipeEarlyStop) -> TrainerCallback:
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
             step = state.global_step
-            if hook.report(step, logs or {}):
+            logged = {k: v for k, v in (logs or {}).items() if not _BOOKKEEPING.search(k)}
+            if hook.report(step, logged):
                 control.should_training_stop = True
             elif step < state.max_steps and hook.trial.should_prune():
                 hook.prune()

@@ -72,8 +72,9 @@ def test_report_path_stops_at_the_fraction_and_leaves_a_pruned_trial_with_its_re
     assert proxy_of(trial) is None
 
 
-def test_full_fidelity_runs_complete_and_still_record_their_dynamics():
-    trial = _one_trial(_loop_objective({"fraction": 1.0}, [2.0, 1.5, 1.2, 1.1]))
+@pytest.mark.parametrize("fraction", [1.0, 0.9])  # ceil(0.9 * 4) = 4: nothing to cut
+def test_full_fidelity_runs_complete_and_still_record_their_dynamics(fraction):
+    trial = _one_trial(_loop_objective({"fraction": fraction}, [2.0, 1.5, 1.2, 1.1]))
     assert trial.state == TrialState.COMPLETE and trial.value == 1.1
     assert trial.user_attrs["fidelity"] == 1.0
     assert len(TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR]).metrics["loss"]) == 4

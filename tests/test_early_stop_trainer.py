@@ -167,6 +167,8 @@ def test_the_callback_stops_a_real_trainer_at_half_and_records_every_metric(tmp_
     dynamics = _dynamics(trial)
     assert dynamics.total_steps == MAX_STEPS
     assert {"loss", "grad_norm", "learning_rate", "eval_loss"} <= set(dynamics.metrics)
+    assert not any("runtime" in m or "per_second" in m for m in dynamics.metrics)
+    assert "epoch" not in dynamics.metrics and "total_flos" not in dynamics.metrics
     for metric in ("loss", "grad_norm", "learning_rate"):
         assert _steps(dynamics, metric) == list(range(1, 11))
     assert _steps(dynamics, "eval_loss") == [5, 10]  # the stop evaluates (here on schedule too)
