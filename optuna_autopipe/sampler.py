@@ -1,0 +1,475 @@
+"""``AutoPipeSampler``: Bayesian optimisation over the prior's residuals, as an Optuna sampler.
+
+Each suggestion (paper B.3), for the study's search space:
+
+1. Candidates (``candidates.py``): the whole product of a small discrete space, else a seeded
+   Sobol sample plus neighbours of the best configurations so far; configurations already
+   evaluated, running, enqueued or claimed by another worker are excluded.
+2. s(x): the prior's score, standardised over the base candidate set (0 without a prior).
+3. Observations, as z-values oriented so that higher is better: an early-stopped trial gives
+   its proxy (``autopipe:proxy``, or s(x) + ``autopipe:residual``) with the regressor's
+   variance; a full-fidelity trial gives its value standardised over the study's full-fidelity
+   values, with variance ``full_noise``. Targets: r = z − s(x) (``residual=True``) or z.
+4. b = inverse-variance weighted mean of the targets; the GP (``residual_gp.py``) is fitted on
+   the centred targets with per-point noise max(variance, ``noise_floor``).
+5. Next configuration: argmax of UCB_t(x) = λ_t·s(x) + b + μ_t(x) + κ_t·σ_t(x)
+   (``acquisition.py``). The first ``n_startup`` trials instead take diverse configurations
+   among the prior's ``startup_pool`` best (greedy max-min distance to everything tried);
+   ``bo=False`` takes the prior's best untried configuration every time.
+
+The chosen configuration is claimed on the trial (user attr ``autopipe:claim``); the sampler
+then re-reads the running trials and moves to its next choice if a lower-numbered running
+trial holds the same configuration, so parallel workers do not duplicate work. Every trial's
+user attrs explain the choice: ``autopipe:prior_score`` (s), ``autopipe:gp_mean`` (μ),
+``autopipe:gp_std`` (σ), ``autopipe:lambda``, ``autopipe:kappa``, ``autopipe:offset`` (b),
+``autopipe:acquisition`` and ``autopipe:phase``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.search_space import IntersectionSearchSpace
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from optuna_autopipe._storage_attrs import set_trial_user_attrs
+from optuna_autopipe.acquisition import Schedule, offset, ucb
+from optuna_autopipe.candidates import base_candidates, config_key, perturb, product_size
+from optuna_autopipe.early_stop import (
+    PRIOR_SCORE_ATTR,
+    PROXY_ATTR,
+    PROXY_VARIANCE_ATTR,
+    RESIDUAL_ATTR,
+)
+from optuna_autopipe.prior import Prior
+from optuna_autopipe.profile import DatasetProfile
+from optuna_autopipe.residual_gp import ResidualGP
+from optuna_autopipe.space import SpaceEncoder
+
+_logger = logging.getLogger(__name__)
+
+CLAIM_ATTR = "autopipe:claim"
+_OCCUPIED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+@dataclass
+class _Candidates:
+    """One search space's base candidates, their keys, encodings and prior scores."""
+
+    configs: list[dict[str, Any]]
+    keys: list[str]
+    x: np.ndarray
+    prior: np.ndarray
+    prior_mean: float
+    prior_sd: float
+    discrete: bool
+
+
+class AutoPipeSampler(BaseSampler):
+    """BO over the residuals of a learned prior (module docstring).
+
+    Args:
+        prior: the fitted ``Prior`` (``None``: the "No Offline" variant, GP on proxies).
+        dataset: the new dataset's ``DatasetProfile`` or meta-feature mapping.
+        budget: the planned number of trials (λ and κ are annealed over it).
+        seed: makes suggestions reproducible for the same storage contents.
+        search_space: the space to optimise (default: the finished trials' common space,
+            before any, the prior's space).
+        residual: model r = z − s(x) (``False``: the GP models z; the prior still guides).
+        bo: ``False`` takes the prior's best untried configuration each time.
+        schedule: λ_t and κ_t (``acquisition.Schedule``; its budget is replaced by ``budget``).
+        n_startup: warm-start trials (diverse configurations among the prior's best).
+        startup_pool: how many of the prior's best the warm start chooses among.
+        max_grid: a discrete space with at most this many points is enumerated.
+        n_samples: Sobol candidates of a larger or continuous space.
+        full_noise: variance of a full-fidelity observation, in z units.
+        noise_floor: least variance of any observation.
+    """
+
+    def __init__(
+        self,
+        prior: Prior | None = None,
+        dataset: DatasetProfile | Mapping[str, float] | None = None,
+        *,
+        budget: int = 15,
+        seed: int | None = None,
+        search_space: Mapping[str, BaseDistribution] | None = None,
+        residual: bool = True,
+        bo: bool = True,
+        schedule: Schedule | None = None,
+        n_startup: int = 3,
+        startup_pool: int = 50,
+        max_grid: int = 100_000,
+        n_samples: int = 2048,
+        full_noise: float = 0.1,
+        noise_floor: float = 0.01,
+    ) -> None:
+        if prior is None and not bo:
+            raise ValueError("bo=False takes the prior's top configurations: it needs a prior.")
+        self.prior = prior
+        self.features = dict(
+            dataset.features if isinstance(dataset, DatasetProfile) else dataset or {}
+        )
+        if prior is not None:
+            needed = [f for f in prior.ranker.kept_columns if f in prior.ranker.dataset_features]
+            missing = [f for f in needed if f not in self.features]
+            if missing:
+                raise ValueError(
+                    f"The dataset profile lacks {len(missing)} feature(s) the prior uses: "
+                    f"{missing[:10]}. Pass dataset=DatasetProfile.from_files(...) computed the "
+                    "same way as the prior's corpus, or NaN for features truly unknown."
+                )
+        self.budget = budget
+        self.schedule = Schedule(**{**(schedule or Schedule()).__dict__, "budget": budget})
+        self.search_space = dict(search_space) if search_space is not None else None
+        self.residual = residual and prior is not None
+        self.bo = bo
+        self.n_startup = n_startup
+        self.startup_pool = startup_pool
+        self.max_grid = max_grid
+        self.n_samples = n_samples
+        self.full_noise = full_noise
+        self.noise_floor = noise_floor
+        self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        self._independent = RandomSampler(seed=seed)
+        self._warned: set[str] = set()
+        self._cache: dict[str, _Candidates] = {}
+        self._lock = threading.Lock()
+
+    # --- pickling and reseeding ----------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_cache"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def reseed_rng(self) -> None:
+        self._seed = int(np.random.SeedSequence().generate_state(1)[0])
+        self._independent.reseed_rng()
+
+    # --- the sampler interface -----------------------------------------------------------
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        space = self.search_space
+        if space is None:
+            space = IntersectionSearchSpace(include_pruned=True).calculate(study)
+        if not space and self.prior is not None:
+            space = self.prior.ranker.encoder.space  # type: ignore[union-attr]
+        return {name: dist for name, dist in space.items() if not dist.single()}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space or set(search_space) <= set(trial.system_attrs.get("fixed_params", {})):
+            return {}
+        if len(study.directions) != 1:
+            raise ValueError("AutoPipeSampler optimises one objective; this study has several.")
+        with self._lock:
+            return self._suggest(study, trial, search_space)
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        if param_name not in self._warned:
+            self._warned.add(param_name)
+            warnings.warn(
+                f"AutoPipeSampler samples parameter {param_name!r} independently (uniformly at "
+                "random): it is outside the search space it optimises (pass search_space= to "
+                "AutoPipeSampler to include it).",
+                stacklevel=2,
+            )
+        return self._independent.sample_independent(study, trial, param_name, param_distribution)
+
+    # --- one suggestion ------------------------------------------------------------------
+
+    def _suggest(
+        self, study: optuna.Study, trial: FrozenTrial, space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        trials = study.get_trials(deepcopy=False)
+        base = self._candidates(space)
+        encoder = SpaceEncoder(space)
+        rng = np.random.default_rng([self._seed, trial.number])
+        observed = [o for o in (self._observation(t, space) for t in trials) if o is not None]
+        observed = self._standardise_full(observed, study.direction)
+        configs, keys, x, prior = base.configs, base.keys, base.x, base.prior
+        if not base.discrete and observed:
+            best = [o.config for o in sorted(observed, key=lambda o: -o.z)[:3]]
+            extra = perturb(best, space, n_each=128, scale=0.05, rng=rng)
+            configs = configs + extra
+            keys = keys + [config_key(c) for c in extra]
+            x = np.vstack([x, encoder.encode(extra)])
+            prior = np.concatenate([prior, self._prior_scores(extra, base)])
+        occupied = self._occupied(trials, trial, space)
+        free = np.array([k not in occupied for k in keys])
+        if not free.any():
+            _logger.warning(
+                "Every candidate configuration has been evaluated or is running; "
+                "AutoPipeSampler proposes the best one again."
+            )
+            free[:] = True
+        t = sum(
+            1 for other in trials if other.number < trial.number and other.state in _OCCUPIED[:3]
+        )
+        explain: dict[str, float | str] = {
+            "autopipe:lambda": self.schedule.lam(t),
+            "autopipe:kappa": self.schedule.kappa(t),
+        }
+        if not self.bo:
+            score, phase = prior.copy(), "prior-order"
+            mean = std = np.zeros(len(keys))
+            bias = 0.0
+        elif t < self.n_startup:
+            tried = [o.config for o in observed] + [
+                {n: other.params[n] for n in space}
+                for other in trials
+                if other.state == TrialState.RUNNING
+                and other.number != trial.number
+                and set(space) <= set(other.params)
+            ]
+            score, phase = self._diverse(prior, x, free, encoder.encode(tried), rng), "warm-start"
+            mean = std = np.zeros(len(keys))
+            bias = 0.0
+        else:
+            mean, std, bias = self._posterior(observed, encoder, x, prior, base)
+            score = ucb(
+                prior=prior,
+                mean=mean,
+                std=std,
+                bias=bias,
+                lam=float(explain["autopipe:lambda"]) if self.prior is not None else 0.0,
+                kappa=float(explain["autopipe:kappa"]),
+            )
+            phase = "bo"
+        score = np.where(free, score, -np.inf)
+        for index in np.argsort(-score, kind="stable")[:64]:
+            explain.update(
+                {
+                    PRIOR_SCORE_ATTR: float(prior[index]),
+                    "autopipe:gp_mean": float(mean[index]),
+                    "autopipe:gp_std": float(std[index]),
+                    "autopipe:offset": bias,
+                    "autopipe:acquisition": float(score[index]),
+                    "autopipe:phase": phase,
+                    CLAIM_ATTR: keys[index],
+                }
+            )
+            set_trial_user_attrs(study, trial, explain)
+            if not self._held_by_earlier(study, trial, keys[index]):
+                return dict(configs[index])
+        return dict(configs[int(np.argmax(score))])
+
+    def _candidates(self, space: dict[str, BaseDistribution]) -> _Candidates:
+        """The base candidates of ``space``, built once per space."""
+        signature = repr(sorted((n, distribution_to_json(d)) for n, d in space.items()))
+        if signature not in self._cache:
+            configs = base_candidates(
+                space, max_grid=self.max_grid, n_samples=self.n_samples, seed=self._seed % 2**31
+            )
+            discrete = product_size(space, self.max_grid) is not None
+            raw = self._raw_prior(configs, space)
+            sd = float(raw.std()) or 1.0
+            self._cache[signature] = _Candidates(
+                configs=configs,
+                keys=[config_key(c) for c in configs],
+                x=SpaceEncoder(space).encode(configs),
+                prior=(raw - raw.mean()) / sd,
+                prior_mean=float(raw.mean()),
+                prior_sd=sd,
+                discrete=discrete,
+            )
+        return self._cache[signature]
+
+    def _raw_prior(
+        self, configs: Sequence[Mapping[str, Any]], space: Mapping[str, Any]
+    ) -> np.ndarray:
+        """The prior's raw scores (zeros without a usable prior)."""
+        if self.prior is None:
+            return np.zeros(len(configs))
+        known = set(self.prior.ranker.encoder.space)  # type: ignore[union-attr]
+        if not known & set(space):
+            if "<prior>" not in self._warned:
+                self._warned.add("<prior>")
+                warnings.warn(
+                    f"None of the prior's parameters ({sorted(known)}) is in the search space "
+                    f"({sorted(space)}); AutoPipeSampler runs without the prior.",
+                    stacklevel=3,
+                )
+            return np.zeros(len(configs))
+        missing = sorted(known - set(space))
+        if missing:
+            raise ValueError(
+                f"The search space lacks parameters the prior scores: {missing}. Add them to "
+                "the objective (or pass search_space= with them), or refit the prior "
+                "(`autopipe fit-prior`) on studies with this search space."
+            )
+        return self.prior.ranker.raw_scores(configs, self.features)
+
+    def _prior_scores(self, configs: Sequence[Mapping[str, Any]], base: _Candidates) -> np.ndarray:
+        """s(x) of extra configurations, standardised with the base candidates' statistics."""
+        if self.prior is None or not base.prior.any():
+            return np.zeros(len(configs))
+        return (
+            self.prior.ranker.raw_scores(configs, self.features) - base.prior_mean
+        ) / base.prior_sd
+
+    def _observation(self, trial: FrozenTrial, space: Mapping[str, Any]) -> _Observation | None:
+        """What a finished trial says, ``None`` when it says nothing usable."""
+        if not set(space) <= set(trial.params):
+            return None
+        config = {n: trial.params[n] for n in space}
+        attrs = trial.user_attrs
+        full = float(attrs.get("fidelity", 1.0)) >= 1.0
+        if trial.state == TrialState.COMPLETE and full:
+            value = trial.value
+            if value is None or not math.isfinite(value):
+                return None
+            return _Observation(config=config, z=value, variance=self.full_noise, full=True)
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            return None
+        variance = attrs.get(PROXY_VARIANCE_ATTR)
+        if PROXY_ATTR in attrs:
+            z = attrs[PROXY_ATTR]
+        elif RESIDUAL_ATTR in attrs and PRIOR_SCORE_ATTR in attrs:
+            z = attrs[PRIOR_SCORE_ATTR] + attrs[RESIDUAL_ATTR]
+        else:
+            return None
+        if variance is None or not np.isfinite([z, variance]).all():
+            return None
+        return _Observation(config=config, z=float(z), variance=float(variance), full=False)
+
+    @staticmethod
+    def _standardise_full(
+        observed: list[_Observation], direction: StudyDirection
+    ) -> list[_Observation]:
+        """Full-fidelity values → z over the study's full-fidelity values, higher = better."""
+        sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
+        values = np.array([sign * o.z for o in observed if o.full])
+        mean = values.mean() if len(values) else 0.0
+        sd = values.std() if len(values) >= 2 and values.std() > 0 else 1.0
+        return [
+            _Observation(o.config, (sign * o.z - mean) / sd, o.variance, True) if o.full else o
+            for o in observed
+        ]
+
+    def _posterior(
+        self,
+        observed: list[_Observation],
+        encoder: SpaceEncoder,
+        x: np.ndarray,
+        prior: np.ndarray,
+        base: _Candidates,
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """μ, σ over the candidates and the offset b (no observation: zeros, σ = 1)."""
+        if not observed:
+            return np.zeros(len(x)), np.ones(len(x)), 0.0
+        configs = [o.config for o in observed]
+        targets = np.array([o.z for o in observed])
+        if self.residual:
+            targets = targets - self._prior_scores(configs, base)
+        variances = np.maximum([o.variance for o in observed], self.noise_floor)
+        bias = offset(targets, variances)
+        with torch.random.fork_rng():
+            torch.manual_seed(self._seed % 2**31)
+            gp = ResidualGP(encoder.encode(configs), targets - bias, variances)
+            mean, std = gp.predict(x)
+        return mean, std, bias
+
+    @staticmethod
+    def _diverse(
+        prior: np.ndarray,
+        x: np.ndarray,
+        free: np.ndarray,
+        tried: np.ndarray,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """A score whose argmax is the warm-start choice: among the prior's best free
+        candidates (all when the prior is flat), the one farthest from everything tried."""
+        pool = np.flatnonzero(free)
+        if prior.any():
+            pool = pool[np.argsort(-prior[pool], kind="stable")[:50]]
+        else:
+            pool = rng.choice(pool, size=min(256, len(pool)), replace=False)
+        score = np.full(len(prior), -np.inf)
+        if len(tried) == 0:
+            score[pool] = prior[pool] if prior.any() else 0.0
+            return score
+        distance = np.linalg.norm(np.nan_to_num(x[pool, None, :] - tried[None, :, :]), axis=2)
+        score[pool] = distance.min(axis=1)
+        return score
+
+    @staticmethod
+    def _occupied(
+        trials: Sequence[FrozenTrial], current: FrozenTrial, space: Mapping[str, Any]
+    ) -> set[str]:
+        """Keys of configurations other trials evaluated, run, wait with or claimed."""
+        keys = set()
+        for other in trials:
+            if other.number == current.number or other.state not in _OCCUPIED:
+                continue
+            params = {**other.system_attrs.get("fixed_params", {}), **other.params}
+            if set(space) <= set(params):
+                keys.add(config_key({n: params[n] for n in space}))
+            if other.state == TrialState.RUNNING and CLAIM_ATTR in other.user_attrs:
+                keys.add(other.user_attrs[CLAIM_ATTR])
+        return keys
+
+    @staticmethod
+    def _held_by_earlier(study: optuna.Study, trial: FrozenTrial, key: str) -> bool:
+        """Whether a lower-numbered running trial claimed ``key`` (re-read from storage)."""
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return any(
+            other.number < trial.number and other.user_attrs.get(CLAIM_ATTR) == key
+            for other in running
+        )
+
+    # --- the recommendation --------------------------------------------------------------
+
+    def recommend(self, study: optuna.Study) -> dict[str, Any]:
+        """The best full-fidelity configuration, else the best proxy's (for verification)."""
+        trials = study.get_trials(deepcopy=False)
+        space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
+        observed = [o for o in (self._observation(t, space or t.params) for t in trials) if o]
+        full = [o for o in observed if o.full]
+        if full:
+            better = max if study.direction == StudyDirection.MAXIMIZE else min
+            return dict(better(full, key=lambda o: o.z).config)
+        if observed:
+            return dict(max(observed, key=lambda o: o.z).config)
+        raise ValueError(
+            "No trial has a full-fidelity value or an early-stop proxy yet: nothing to "
+            "recommend. Run some trials first."
+        )
+
+
+@dataclass(frozen=True)
+class _Observation:
+    """A finished trial as the GP sees it: ``z`` (raw value for full trials until
+    standardised), its variance, and whether it is a full-fidelity result."""
+
+    config: dict[str, Any]
+    z: float
+    variance: float
+    full: bool
