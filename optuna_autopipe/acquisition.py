@@ -18,6 +18,7 @@ prior entirely.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,10 +37,11 @@ class Schedule:
     def __post_init__(self) -> None:
         if self.budget < 1:
             raise ValueError(f"budget must be >= 1, got {self.budget}.")
-        if min(self.lambda_start, self.lambda_end) < 0:
-            raise ValueError("lambda_start and lambda_end must be >= 0.")
-        if min(self.kappa_start, self.kappa_end) <= 0:
-            raise ValueError("kappa_start and kappa_end must be > 0.")
+        lambdas, kappas = (self.lambda_start, self.lambda_end), (self.kappa_start, self.kappa_end)
+        if not all(0 <= v < math.inf for v in lambdas):  # also rejects NaN
+            raise ValueError(f"lambda_start and lambda_end must be finite and >= 0, got {lambdas}.")
+        if not all(0 < v < math.inf for v in kappas):
+            raise ValueError(f"kappa_start and kappa_end must be finite and > 0, got {kappas}.")
 
     def progress(self, t: int) -> float:
         """t / (budget − 1), clipped to [0, 1]."""

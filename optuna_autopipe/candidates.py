@@ -46,8 +46,9 @@ def grid_values(dist: BaseDistribution, limit: int) -> list[Any] | None:
         return list(range(dist.low, dist.high + 1)) if dist.high - dist.low < limit else None
     if isinstance(dist, FloatDistribution) and dist.step is not None:
         count = round((dist.high - dist.low) / dist.step) + 1
-        values = [_clip_float(dist.low + i * dist.step, dist) for i in range(count)]
-        return values if count <= limit else None
+        if count > limit:  # before building the list: a fine step has billions of values
+            return None
+        return [_clip_float(dist.low + i * dist.step, dist) for i in range(count)]
     return None
 
 

@@ -60,7 +60,9 @@ class ResidualGP:
                 chunk = torch.as_tensor(
                     np.nan_to_num(x[start : start + _CHUNK]), dtype=torch.float64
                 )
-                posterior = self.model.posterior(chunk)
+                # One candidate per batch (m, 1, d): marginal posteriors only, never the
+                # m x m joint covariance (quadratic time and memory in the candidates).
+                posterior = self.model.posterior(chunk.unsqueeze(-2))
                 means.append(posterior.mean.reshape(-1).numpy())
                 stds.append(posterior.variance.clamp_min(0).sqrt().reshape(-1).numpy())
         return np.concatenate(means), np.concatenate(stds)

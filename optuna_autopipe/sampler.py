@@ -18,9 +18,10 @@ Each suggestion (paper B.3), for the study's search space:
    ``bo=False`` takes the prior's best untried configuration every time.
 
 The chosen configuration is claimed on the trial (user attr ``autopipe:claim``); the sampler
-then re-reads the running trials and moves to its next choice if a lower-numbered running
-trial holds the same configuration, so parallel workers do not duplicate work. Every trial's
-user attrs explain the choice: ``autopipe:prior_score`` (s), ``autopipe:gp_mean`` (μ),
+then re-reads the study and moves to its next choice if another trial holds the same
+configuration (claimed while running, or evaluated, running or enqueued with it), so parallel
+workers do not duplicate work. Every trial's user attrs (also visible to the objective through
+``trial.user_attrs``) explain the choice: ``autopipe:prior_score`` (s), ``autopipe:gp_mean`` (μ),
 ``autopipe:gp_std`` (σ), ``autopipe:lambda``, ``autopipe:kappa``, ``autopipe:offset`` (b),
 ``autopipe:acquisition`` and ``autopipe:phase``.
 """
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.distributions import BaseDistribution, distribution_to_json
+from optuna.distributions import BaseDistribution, CategoricalDistribution, distribution_to_json
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
@@ -161,7 +162,9 @@ class AutoPipeSampler(BaseSampler):
         self._lock = threading.Lock()
 
     def reseed_rng(self) -> None:
-        self._seed = int(np.random.SeedSequence().generate_state(1)[0])
+        with self._lock:
+            self._seed = int(np.random.SeedSequence().generate_state(1)[0])
+            self._cache = {}  # the Sobol candidates were drawn with the old seed
         self._independent.reseed_rng()
 
     # --- the sampler interface -----------------------------------------------------------
@@ -179,10 +182,10 @@ class AutoPipeSampler(BaseSampler):
     def sample_relative(
         self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
-        if not search_space or set(search_space) <= set(trial.system_attrs.get("fixed_params", {})):
-            return {}
         if len(study.directions) != 1:
             raise ValueError("AutoPipeSampler optimises one objective; this study has several.")
+        if not search_space or set(search_space) <= set(trial.system_attrs.get("fixed_params", {})):
+            return {}
         with self._lock:
             return self._suggest(study, trial, search_space)
 
@@ -193,6 +196,8 @@ class AutoPipeSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
+        if len(study.directions) != 1:
+            raise ValueError("AutoPipeSampler optimises one objective; this study has several.")
         if param_name not in self._warned:
             self._warned.add(param_name)
             warnings.warn(
@@ -224,7 +229,8 @@ class AutoPipeSampler(BaseSampler):
             prior = np.concatenate([prior, self._prior_scores(extra, base)])
         occupied = self._occupied(trials, trial, space)
         free = np.array([k not in occupied for k in keys])
-        if not free.any():
+        exhausted = not free.any()
+        if exhausted:
             _logger.warning(
                 "Every candidate configuration has been evaluated or is running; "
                 "AutoPipeSampler proposes the best one again."
@@ -277,7 +283,9 @@ class AutoPipeSampler(BaseSampler):
                 }
             )
             set_trial_user_attrs(study, trial, explain)
-            if not self._held_by_earlier(study, trial, keys[index]):
+            for name, value in explain.items():  # Optuna passes the objective's cached trial
+                trial.set_user_attr(name, value)
+            if exhausted or not self._held_by_another(study, trial, space, keys[index]):
                 return dict(configs[index])
         return dict(configs[int(np.argmax(score))])
 
@@ -318,21 +326,35 @@ class AutoPipeSampler(BaseSampler):
                     stacklevel=3,
                 )
             return np.zeros(len(configs))
-        missing = sorted(known - set(space))
+        missing = sorted(known - set(space) - set(self._singles))
         if missing:
             raise ValueError(
                 f"The search space lacks parameters the prior scores: {missing}. Add them to "
                 "the objective (or pass search_space= with them), or refit the prior "
                 "(`autopipe fit-prior`) on studies with this search space."
             )
-        return self.prior.ranker.raw_scores(configs, self.features)
+        return self.prior.ranker.raw_scores(self._with_singles(configs), self.features)
+
+    @property
+    def _singles(self) -> dict[str, Any]:
+        """Single-valued parameters of ``search_space`` (left out of the relative space)."""
+        return {
+            name: dist.to_external_repr(dist.to_internal_repr(_only_value(dist)))
+            for name, dist in (self.search_space or {}).items()
+            if dist.single()
+        }
+
+    def _with_singles(self, configs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        singles = self._singles
+        return [{**singles, **c} for c in configs] if singles else list(configs)
 
     def _prior_scores(self, configs: Sequence[Mapping[str, Any]], base: _Candidates) -> np.ndarray:
         """s(x) of extra configurations, standardised with the base candidates' statistics."""
         if self.prior is None or not base.prior.any():
             return np.zeros(len(configs))
         return (
-            self.prior.ranker.raw_scores(configs, self.features) - base.prior_mean
+            self.prior.ranker.raw_scores(self._with_singles(configs), self.features)
+            - base.prior_mean
         ) / base.prior_sd
 
     def _observation(self, trial: FrozenTrial, space: Mapping[str, Any]) -> _Observation | None:
@@ -436,14 +458,14 @@ class AutoPipeSampler(BaseSampler):
                 keys.add(other.user_attrs[CLAIM_ATTR])
         return keys
 
-    @staticmethod
-    def _held_by_earlier(study: optuna.Study, trial: FrozenTrial, key: str) -> bool:
-        """Whether a lower-numbered running trial claimed ``key`` (re-read from storage)."""
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return any(
-            other.number < trial.number and other.user_attrs.get(CLAIM_ATTR) == key
-            for other in running
-        )
+    @classmethod
+    def _held_by_another(
+        cls, study: optuna.Study, trial: FrozenTrial, space: Mapping[str, Any], key: str
+    ) -> bool:
+        """Whether another trial now holds ``key`` (re-read from storage): one that claimed it
+        meanwhile, whatever its number (a higher-numbered worker may have checked before this
+        claim landed), or one that has finished with it since the first read."""
+        return key in cls._occupied(study.get_trials(deepcopy=False), trial, space)
 
     # --- the recommendation --------------------------------------------------------------
 
@@ -473,3 +495,8 @@ class _Observation:
     z: float
     variance: float
     full: bool
+
+
+def _only_value(dist: BaseDistribution) -> Any:
+    """The value of a single-valued distribution."""
+    return dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low  # type: ignore[attr-defined]

@@ -33,11 +33,18 @@ CORPUS_ROWS = 500
 
 
 @lru_cache(maxsize=8)
-def direct_regressor(offline: tuple[ReplayTask, ...]) -> EarlyStopRegressor:
-    """The direct regressor fitted on ``offline`` (cached per process)."""
+def dynamics_corpus(offline: tuple[ReplayTask, ...]) -> Corpus:
+    """``CORPUS_ROWS`` runs per offline dataset, each with one observed run's dynamics."""
     groups = {t.name: str(getattr(t, "group", t.name)) for t in offline}
-    corpus = Corpus.from_tasks(offline, groups=groups, max_runs=CORPUS_ROWS, dynamics=True)
-    return EarlyStopRegressor(fraction=FRACTION, target="direct").fit(corpus)
+    return Corpus.from_tasks(offline, groups=groups, max_runs=CORPUS_ROWS, dynamics=True)
+
+
+@lru_cache(maxsize=8)
+def direct_regressor(
+    offline: tuple[ReplayTask, ...], fraction: float = FRACTION
+) -> EarlyStopRegressor:
+    """The direct regressor fitted on ``offline`` (cached per process)."""
+    return EarlyStopRegressor(fraction=fraction, target="direct").fit(dynamics_corpus(offline))
 
 
 def early_stopped(

@@ -106,6 +106,18 @@ _LAZY = {
     "offline": ("optuna_autopipe.bench.offline_method", None),
     "random-es": ("optuna_autopipe.bench.early_stop_method", None),
     "tpe-es": ("optuna_autopipe.bench.early_stop_method", None),
+    **{
+        name: ("optuna_autopipe.bench.autopipe_method", None)
+        for name in (
+            "autopipe",
+            "autopipe-50",
+            "autopipe-75",
+            "autopipe-full",
+            "no-residual",
+            "no-bo",
+            "no-offline",
+        )
+    },
 }
 
 
