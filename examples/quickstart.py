@@ -1,0 +1,26 @@
+"""Quickstart: a prior learned on past datasets guides AutoPipeSampler on a new one.
+
+The objective replays real NMT training runs; yours runs your pipeline with the same hook.
+"""
+
+import optuna
+
+from objectives import load_benchmark
+from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.prior import fit_prior
+from optuna_autopipe.sampler import AutoPipeSampler
+
+nmt = load_benchmark("nmt")
+past, new = [t for t in nmt.tasks if t.group != "ted"], nmt.task("ted-ru-en")
+prior = fit_prior(Corpus.from_tasks(past, groups=nmt.groups, dynamics=True))  # ranker + regressor
+
+sampler = AutoPipeSampler(
+    prior, new.dataset_features, budget=15, seed=0, search_space=new.search_space
+)
+study = optuna.create_study(direction=new.direction, sampler=sampler)
+# 15 trials stopped at 50% of training; each ends PRUNED with its proxy in user attrs.
+study.optimize(new.objective(seed=0, fraction=0.5, regressor=prior.regressor), n_trials=15)
+# One full-fidelity verification of the recommended configuration.
+study.enqueue_trial(sampler.recommend(study))
+study.optimize(new.objective(seed=0), n_trials=1)
+print(f"recommended {study.trials[-1].params}: perplexity {study.trials[-1].value:.2f}")
