@@ -19,8 +19,11 @@ from pathlib import Path
 from objectives.data import BenchmarkDataError, download
 from objectives.registry import BENCHMARKS
 
-DEFAULT_METHODS = "random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es"
-DEMO_METHODS = "random,tpe,gp,bohb,random1,global,offline,random-es,tpe-es"
+DEFAULT_METHODS = (
+    "random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,"
+    "autopipe,autopipe-full,no-residual,no-bo,no-offline"
+)
+DEMO_METHODS = "random,tpe,gp,bohb,random1,global,offline,random-es,tpe-es,autopipe"
 
 
 def _methods(text: str) -> list[str]:
