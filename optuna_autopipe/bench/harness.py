@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from tqdm import tqdm
 
 from objectives.registry import Benchmark, Protocol, load_benchmark
@@ -127,6 +128,7 @@ def _benchmark(name: str, data_dir: str | None, noise_sd: float) -> Benchmark:
 def _run_job(job: Job) -> tuple[list[optuna.trial.FrozenTrial], str, dict[str, Any]]:
     """Run one study in this process; return its trials, direction and outcome record."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(1)  # one worker per core: torch's own threads would oversubscribe
     spec = job.spec
     benchmark = _benchmark(spec.benchmark, spec.data_dir, spec.noise_sd)
     ctx = Context(
