@@ -31,8 +31,17 @@ Config = dict[str, Any]
 
 
 def config_key(config: Mapping[str, Any]) -> str:
-    """A hashable identity of a configuration (parameter order does not matter)."""
-    return json.dumps({k: config[k] for k in sorted(config)}, default=str)
+    """A hashable identity of a configuration (parameter order does not matter; numbers are
+    compared to 12 significant digits, so a grid's 0.1 * 3 and an enqueued 0.3 are one value,
+    and so are 1.0 and 1)."""
+    return json.dumps({k: _canonical(config[k]) for k in sorted(config)}, default=str)
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value):
+        value = float(f"{value:.12g}")
+        return int(value) if value.is_integer() else value
+    return value
 
 
 def grid_values(dist: BaseDistribution, limit: int) -> list[Any] | None:

@@ -259,7 +259,7 @@ class AutoPipeSampler(BaseSampler):
             mean = std = np.zeros(len(keys))
             bias = 0.0
         else:
-            mean, std, bias = self._posterior(observed, encoder, x, prior, base)
+            mean, std, bias = self._posterior(observed, encoder, x, base)
             score = ucb(
                 prior=prior,
                 mean=mean,
@@ -401,7 +401,6 @@ class AutoPipeSampler(BaseSampler):
         observed: list[_Observation],
         encoder: SpaceEncoder,
         x: np.ndarray,
-        prior: np.ndarray,
         base: _Candidates,
     ) -> tuple[np.ndarray, np.ndarray, float]:
         """μ, σ over the candidates and the offset b (no observation: zeros, σ = 1)."""
@@ -470,20 +469,33 @@ class AutoPipeSampler(BaseSampler):
     # --- the recommendation --------------------------------------------------------------
 
     def recommend(self, study: optuna.Study) -> dict[str, Any]:
-        """The best full-fidelity configuration, else the best proxy's (for verification)."""
+        """The configuration to verify at full fidelity (or to use).
+
+        The best full-fidelity value when the study has one; otherwise, among the
+        early-stopped configurations, the one the model believes best: ẑ(x) = s(x) + b + μ(x)
+        (``residual=False`` or no prior: b + μ(x)), the GP's posterior mean at that point.
+        With honest proxy variances this shrinks a lone, noisy proxy towards the prior and
+        its neighbours instead of trusting it outright (no exploration bonus here).
+        """
         trials = study.get_trials(deepcopy=False)
         space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
-        observed = [o for o in (self._observation(t, space or t.params) for t in trials) if o]
+        observed = [o for o in (self._observation(t, space) for t in trials) if o] if space else []
         full = [o for o in observed if o.full]
         if full:
             better = max if study.direction == StudyDirection.MAXIMIZE else min
             return dict(better(full, key=lambda o: o.z).config)
-        if observed:
-            return dict(max(observed, key=lambda o: o.z).config)
-        raise ValueError(
-            "No trial has a full-fidelity value or an early-stop proxy yet: nothing to "
-            "recommend. Run some trials first."
-        )
+        if not observed:
+            raise ValueError(
+                "No trial has a full-fidelity value or an early-stop proxy yet: nothing to "
+                "recommend. Run some trials first."
+            )
+        configs = [o.config for o in observed]
+        base = self._candidates(space)
+        prior = self._prior_scores(configs, base)
+        encoder = SpaceEncoder(space)
+        mean, _, bias = self._posterior(observed, encoder, encoder.encode(configs), base)
+        belief = (prior if self.residual else 0.0) + bias + mean
+        return dict(configs[int(np.argmax(belief))])
 
 
 @dataclass(frozen=True)
