@@ -94,9 +94,12 @@ def run_bench(spec: BenchSpec) -> Outputs:
             max_workers=max(1, spec.workers), mp_context=multiprocessing.get_context("spawn")
         ) as pool,
     ):
-        for job, result in zip(todo, pool.map(_run_job, todo), strict=True):
-            _store(storage, job, *result)
-            bar.update()
+        # One dataset's studies per task: a worker fits that fold's prior once (cached).
+        by_dataset = [[job for job in todo if job.dataset == d] for d in datasets]
+        for group in pool.map(_run_jobs, [g for g in by_dataset if g]):
+            for job, result in group:
+                _store(storage, job, *result)
+                bar.update()
     wall = time.perf_counter() - started
     return write_outputs(storage, benchmark, jobs, spec, wall_seconds=wall)
 
@@ -123,6 +126,10 @@ def _fixed_hash_seed() -> Iterator[None]:
 @cache
 def _benchmark(name: str, data_dir: str | None, noise_sd: float) -> Benchmark:
     return load_benchmark(name, data_dir=data_dir, noise_sd=noise_sd)
+
+
+def _run_jobs(jobs: list[Job]) -> list[tuple[Job, tuple[Any, ...]]]:
+    return [(job, _run_job(job)) for job in jobs]
 
 
 def _run_job(job: Job) -> tuple[list[optuna.trial.FrozenTrial], str, dict[str, Any]]:
