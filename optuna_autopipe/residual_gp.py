@@ -20,8 +20,10 @@ from botorch.exceptions import ModelFittingError
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import SingleTaskGP
 from gpytorch.kernels import MaternKernel, ScaleKernel
+from gpytorch.means import ZeroMean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.priors import GammaPrior
+from linear_operator.utils.cholesky import psd_safe_cholesky
 
 _logger = logging.getLogger(__name__)
 
@@ -47,7 +49,12 @@ class ResidualGP:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # BoTorch's advice on input scaling and small data
             self.model = SingleTaskGP(
-                train_x, train_y, train_Yvar=train_var, covar_module=kernel, outcome_transform=None
+                train_x,
+                train_y,
+                train_Yvar=train_var,
+                covar_module=kernel,
+                mean_module=ZeroMean(),
+                outcome_transform=None,
             )
             try:
                 fit_gpytorch_mll(
@@ -61,18 +68,29 @@ class ResidualGP:
                 self.model.covar_module.base_kernel.initialize(lengthscale=0.7)
                 self.model.covar_module.initialize(outputscale=1.0)
         self.model.eval()
+        with torch.no_grad():
+            self._train_x = train_x
+            gram = self.model.covar_module(train_x).to_dense() + torch.diag(train_var.reshape(-1))
+            self._cholesky = psd_safe_cholesky(gram)
+            self._alpha = torch.cholesky_solve(train_y, self._cholesky)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean μ(x) and standard deviation σ(x) of the latent function, (m,) each."""
+        """Posterior mean μ(x) and standard deviation σ(x) of the latent function, (m,) each.
+
+        Marginals only, from the Cholesky factor L of K + diag(noise):
+        μ = k(x, X) α with α = (K + N)⁻¹ y, σ² = k(x, x) − ‖L⁻¹ k(X, x)‖²; O(m n²) time and
+        O(chunk · n) memory, never the m x m joint covariance.
+        """
         means, stds = [], []
         with torch.no_grad():
             for start in range(0, len(x), _CHUNK):
                 chunk = torch.as_tensor(
                     np.nan_to_num(x[start : start + _CHUNK]), dtype=torch.float64
                 )
-                # One candidate per batch (m, 1, d): marginal posteriors only, never the
-                # m x m joint covariance (quadratic time and memory in the candidates).
-                posterior = self.model.posterior(chunk.unsqueeze(-2))
-                means.append(posterior.mean.reshape(-1).numpy())
-                stds.append(posterior.variance.clamp_min(0).sqrt().reshape(-1).numpy())
+                cross = self.model.covar_module(chunk, self._train_x).to_dense()  # (m, n)
+                means.append((cross @ self._alpha).reshape(-1).numpy())
+                v = torch.linalg.solve_triangular(self._cholesky, cross.T, upper=False)
+                prior = self.model.covar_module(chunk, diag=True)
+                variance = (prior - (v**2).sum(dim=0)).clamp_min(0)
+                stds.append(variance.sqrt().numpy())
         return np.concatenate(means), np.concatenate(stds)
