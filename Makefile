@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
 QUICK := --budget 15 --seeds 2 --methods random,tpe,gp,bohb,random1,global,smac
 
-.PHONY: install demo test lint bench-quick bench reference-check bench-prior
+.PHONY: install demo test lint bench-quick bench reference-check bench-prior bench-sampler
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,3 +54,8 @@ reference-check: $(STAMP)
 # Offline prior: fit time on both benchmarks, time to score 50,000 candidates, peak memory.
 bench-prior: $(STAMP)
 	$(PY) benchmarks/prior_speed.py
+
+# Sampler cost per trial: one suggestion on studies of 15/100/500 trials, AutoPipeSampler
+# (with and without a prior) vs GPSampler and TPESampler; writes runs/sampler_speed.md.
+bench-sampler: $(STAMP)
+	$(PY) benchmarks/sampler_speed.py
