@@ -119,6 +119,12 @@ class AutoPipeSampler(BaseSampler):
     ) -> None:
         if prior is None and not bo:
             raise ValueError("bo=False takes the prior's top configurations: it needs a prior.")
+        for name, value in (("full_noise", full_noise), ("noise_floor", noise_floor)):
+            if not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive variance, got {value!r}.")
+        for name, count in (("max_grid", max_grid), ("n_samples", n_samples)):
+            if count < 1:
+                raise ValueError(f"{name} must be >= 1, got {count!r}.")
         self.prior = prior
         self.features = dict(
             dataset.features if isinstance(dataset, DatasetProfile) else dataset or {}

@@ -768,3 +768,12 @@ def test_a_multi_objective_study_is_refused():
     )
     with pytest.raises(ValueError, match="one objective"):
         _suggest(study.ask())
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("full_noise", 0.0), ("noise_floor", -1.0), ("noise_floor", math.nan), ("n_samples", 0)],
+)
+def test_bad_numeric_options_are_rejected_with_their_name(option, value):
+    with pytest.raises(ValueError, match=option):
+        AutoPipeSampler(**{option: value})
