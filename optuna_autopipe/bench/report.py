@@ -213,7 +213,8 @@ def plot_regret_vs_cost(
     ends = [points[-1][0] for _, _, points in curves if points]
     grid = np.unique(np.concatenate([np.linspace(0.0, top, 200), ends]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in dict.fromkeys(m for m, _, _ in curves):
+    palette = plt.get_cmap("tab20").colors  # distinct colours for up to 20 methods
+    for index, method in enumerate(dict.fromkeys(m for m, _, _ in curves)):
         by_dataset: dict[str, list[np.ndarray]] = {}
         spent = 0.0
         for m, dataset, points in curves:
@@ -224,7 +225,7 @@ def plot_regret_vs_cost(
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN before first results
             mean = np.nanmean([np.nanmean(v, axis=0) for v in by_dataset.values()], axis=0)
         mean[grid > spent + 1e-9] = np.nan  # a line ends where its method stopped spending
-        (line,) = ax.plot(grid, mean, label=method)
+        (line,) = ax.plot(grid, mean, label=method, color=palette[index % len(palette)])
         last = np.flatnonzero(np.isfinite(mean))
         if last.size:
             ax.plot(grid[last[-1]], mean[last[-1]], "o", color=line.get_color())
