@@ -280,8 +280,16 @@ def resume_checkpoint(trial: optuna.trial.Trial) -> str | None:
 
 
 def proxy_of(trial: optuna.trial.FrozenTrial) -> tuple[float, float] | None:
-    """(proxy, variance) recorded on an early-stopped trial, ``None`` when it has none."""
-    proxy, variance = trial.user_attrs.get(PROXY_ATTR), trial.user_attrs.get(PROXY_VARIANCE_ATTR)
+    """(proxy, variance) recorded on an early-stopped trial, ``None`` when it has none.
+
+    The proxy is ``autopipe:proxy``, else s(x) + r̂ from ``autopipe:prior_score`` and
+    ``autopipe:residual``; non-finite values count as none.
+    """
+    attrs = trial.user_attrs
+    proxy = attrs.get(PROXY_ATTR)
+    if proxy is None and RESIDUAL_ATTR in attrs and PRIOR_SCORE_ATTR in attrs:
+        proxy = attrs[PRIOR_SCORE_ATTR] + attrs[RESIDUAL_ATTR]
+    variance = attrs.get(PROXY_VARIANCE_ATTR)
     if proxy is None or variance is None or not np.isfinite([proxy, variance]).all():
         return None
     return float(proxy), float(variance)

@@ -48,12 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_autopipe._storage_attrs import set_trial_user_attrs
 from optuna_autopipe.acquisition import Schedule, offset, ucb
 from optuna_autopipe.candidates import base_candidates, config_key, perturb, product_size
-from optuna_autopipe.early_stop import (
-    PRIOR_SCORE_ATTR,
-    PROXY_ATTR,
-    PROXY_VARIANCE_ATTR,
-    RESIDUAL_ATTR,
-)
+from optuna_autopipe.early_stop import PRIOR_SCORE_ATTR, proxy_of
 from optuna_autopipe.prior import Prior
 from optuna_autopipe.profile import DatasetProfile
 from optuna_autopipe.residual_gp import ResidualGP
@@ -377,16 +372,10 @@ class AutoPipeSampler(BaseSampler):
             return _Observation(config=config, z=value, variance=self.full_noise, full=True)
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             return None
-        variance = attrs.get(PROXY_VARIANCE_ATTR)
-        if PROXY_ATTR in attrs:
-            z = attrs[PROXY_ATTR]
-        elif RESIDUAL_ATTR in attrs and PRIOR_SCORE_ATTR in attrs:
-            z = attrs[PRIOR_SCORE_ATTR] + attrs[RESIDUAL_ATTR]
-        else:
+        proxy = proxy_of(trial)
+        if proxy is None:
             return None
-        if variance is None or not np.isfinite([z, variance]).all():
-            return None
-        return _Observation(config=config, z=float(z), variance=float(variance), full=False)
+        return _Observation(config=config, z=proxy[0], variance=proxy[1], full=False)
 
     @staticmethod
     def _standardise_full(
