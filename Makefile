@@ -5,7 +5,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,dashboard,smac,embeddings
+EXTRAS ?= dev,dashboard,smac,embeddings,pipeline
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
 QUICK := --budget 15 --seeds 2 --methods random,tpe,gp,bohb,random1,global,smac

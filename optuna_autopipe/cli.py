@@ -2,7 +2,9 @@
 
     autopipe bench --benchmark {nmt,lcbench} --methods random,tpe,... --budget 15 --seeds 5 \
         [--storage URL] --out DIR
-    autopipe demo [--out DIR]
+    autopipe demo [--out DIR] [--budget N]
+    autopipe corpus generate --out DIR [--runs N] [--workers K] [--datasets A,B]
+    autopipe corpus report --out DIR [--seed-spread DATASET]
     autopipe fit-prior (--storage URL --studies A,B,... | --benchmark NAME) --out DIR
     autopipe prior-report --benchmark {nmt,lcbench} --out DIR
     autopipe data download --benchmark {nmt,lcbench} --data-dir DIR
@@ -23,7 +25,6 @@ DEFAULT_METHODS = (
     "random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,"
     "autopipe,autopipe-full,no-residual,no-bo,no-offline"
 )
-DEMO_METHODS = "random,tpe,gp,bohb,random1,global,offline,random-es,tpe-es,autopipe"
 
 
 def _methods(text: str) -> list[str]:
@@ -51,8 +52,27 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget", type=_positive, default=15)
     bench.add_argument("--seeds", type=_positive, default=5)
 
-    demo = commands.add_parser("demo", help="a short NMT comparison (the README's main job)")
-    _bench_arguments(demo, out_default="runs/demo")
+    demo = commands.add_parser(
+        "demo", help="AutoPipe vs TPE, live, with the real pipeline (the README's main job)"
+    )
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--budget", type=_positive, default=10, help="early-stopped trials")
+    demo.add_argument("--seed", type=int, default=0)
+
+    corpus = commands.add_parser("corpus", help="the mini corpus of real pipeline runs")
+    corpus_commands = corpus.add_subparsers(dest="corpus_command", required=True)
+    generate = corpus_commands.add_parser("generate", help="run (or resume) the generation")
+    generate.add_argument("--out", required=True)
+    generate.add_argument("--runs", type=_positive, default=48, help="runs per dataset")
+    generate.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
+    generate.add_argument("--datasets", type=_methods, default=None, help="comma-separated")
+    generate.add_argument("--seed", type=int, default=0)
+    summary = corpus_commands.add_parser("report", help="score spread, importances, seed spread")
+    summary.add_argument("--out", required=True, help="the generation's folder")
+    summary.add_argument("--datasets", type=_methods, default=None, help="comma-separated")
+    summary.add_argument(
+        "--seed-spread", default=None, help="first re-run 3 configurations of this dataset"
+    )
 
     fit = commands.add_parser("fit-prior", help="fit the ranking prior on past runs")
     source = fit.add_mutually_exclusive_group(required=True)
@@ -132,6 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fit_prior(args)
         if args.command == "prior-report":
             return _prior_report(args)
+        if args.command == "demo":
+            from objectives.post_training.demo import run_demo
+
+            run_demo(args.out, budget=args.budget, seed=args.seed)
+            return 0
+        if args.command == "corpus":
+            return _generate_corpus(args)
         return _bench(args)
     except (BenchmarkDataError, ValueError) as exc:
         print(f"autopipe: error: {exc}", file=sys.stderr)
@@ -161,6 +188,29 @@ def _fit_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_corpus(args: argparse.Namespace) -> int:
+    from objectives.post_training.corpus_report import report, seed_spread
+    from objectives.post_training.mini_corpus import CORPUS_DATASETS, generate
+
+    datasets = args.datasets or CORPUS_DATASETS
+    if args.corpus_command == "report":
+        if args.seed_spread:
+            seed_spread(args.out, args.seed_spread)
+        text = report(args.out, datasets)
+        (Path(args.out) / "report.md").write_text(text + "\n")
+        print(text)
+        return 0
+    path = generate(
+        args.out,
+        runs=args.runs,
+        workers=args.workers,
+        datasets=datasets,
+        seed=args.seed,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
 def _prior_report(args: argparse.Namespace) -> int:
     from optuna_autopipe.diagnostics import format_report, prior_report
 
@@ -183,13 +233,12 @@ def _prior_report(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from optuna_autopipe.bench.harness import BenchSpec, run_bench
 
-    demo = args.command == "demo"
     spec = BenchSpec(
-        benchmark="nmt" if demo else args.benchmark,
-        methods=_methods(DEMO_METHODS) if demo else args.methods,
+        benchmark=args.benchmark,
+        methods=args.methods,
         out=Path(args.out),
-        budget=15 if demo else args.budget,
-        seeds=2 if demo else args.seeds,
+        budget=args.budget,
+        seeds=args.seeds,
         datasets=args.datasets,
         protocol=args.protocol,
         storage=args.storage,

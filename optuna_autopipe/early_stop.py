@@ -272,6 +272,20 @@ def promote(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
 
 
+def verify(study: optuna.Study, params: Mapping[str, Any]) -> None:
+    """Enqueue ``params`` (e.g. ``sampler.recommend(study)``) for one full-fidelity run.
+
+    When an early-stopped trial of the same configuration exists, it is promoted (and resumes
+    from its checkpoint); otherwise a fresh full run is enqueued. Either way the new trial
+    carries ``autopipe:promoted_from``, which objectives read as "run at full fidelity".
+    """
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
+        if STOP_STEP_ATTR in trial.user_attrs and trial.params == dict(params):
+            promote(study, trial)
+            return
+    study.enqueue_trial(dict(params), user_attrs={PROMOTED_FROM_ATTR: None}, skip_if_exists=False)
+
+
 def resume_checkpoint(trial: optuna.trial.Trial) -> str | None:
     """The checkpoint a promoted trial resumes from (``None``: train from scratch)."""
     if PROMOTED_FROM_ATTR not in trial.user_attrs:

@@ -1,0 +1,122 @@
+"""The live demo: AutoPipe vs TPE on a new mini dataset with the real pipeline, one storage.
+
+1. The prior is fitted on the bundled mini corpus (``bundled/corpus.jsonl``: the pipeline
+   run on ``CORPUS_DATASETS``), or loaded from ``out/prior`` when already fitted.
+2. AutoPipe: ``budget`` trials stopped at 50% of SFT (PRUNED, proxy in user attrs), then
+   ``verify`` promotes the recommended configuration to one full run (SFT resumes from the
+   early stop's checkpoint, then GRPO and lm-eval).
+3. TPE: full runs in a second study of the same SQLite file until it has spent as much
+   pipeline time as AutoPipe did (at least one run).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from objectives.post_training.mini_corpus import (
+    DEFAULT_SCALE,
+    DEMO_DATASET,
+    dataset_files,
+    objective,
+    profile,
+)
+from objectives.post_training.search_space import tiny_space
+from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.early_stop import verify
+from optuna_autopipe.prior import Prior, fit_prior
+from optuna_autopipe.sampler import AutoPipeSampler
+
+BUNDLED = Path(__file__).parent / "bundled"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One method's result: trials run, pipeline seconds spent, best full-fidelity score."""
+
+    method: str
+    trials: int
+    full_runs: int
+    seconds: float
+    score: float
+
+
+def _spent(study: optuna.Study) -> float:
+    return sum(float(t.user_attrs.get("cost", 0.0)) for t in study.trials)
+
+
+def _outcome(method: str, study: optuna.Study) -> Outcome:
+    full = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    return Outcome(
+        method=method,
+        trials=len(study.trials),
+        full_runs=len(full),
+        seconds=_spent(study),
+        score=max((t.value for t in full), default=float("nan")),
+    )
+
+
+def load_prior(out: Path) -> Prior:
+    """The prior fitted on the bundled corpus (cached in ``out/prior``)."""
+    cached = out / "prior"
+    if (cached / "prior.json").exists():
+        return Prior.load(cached)
+    prior = fit_prior(Corpus.load(BUNDLED / "corpus.jsonl"))
+    prior.save(cached)
+    return prior
+
+
+def run_demo(out: str | Path = "runs/demo", *, budget: int = 10, seed: int = 0) -> list[Outcome]:
+    """Run both studies into ``out/demo.db`` and return their outcomes."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{out / 'demo.db'}"
+    scale = DEFAULT_SCALE
+    started = time.time()
+    prior = load_prior(out)
+    files = dataset_files(out, DEMO_DATASET, scale)
+    dataset = profile(DEMO_DATASET, files)
+    print(f"prior ready ({time.time() - started:.0f} s); new dataset: {DEMO_DATASET}")
+
+    sampler = AutoPipeSampler(prior, dataset, budget=budget, seed=seed, search_space=tiny_space())
+    autopipe = optuna.create_study(
+        study_name=f"autopipe-{DEMO_DATASET}-seed{seed}",
+        storage=storage,
+        direction="maximize",
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    dataset.to_study(autopipe)
+    work = out / "work"
+    early = objective(files, scale, output_dir=work, regressor=prior.regressor, dataset=dataset)
+    remaining = budget - len(autopipe.trials)
+    if remaining > 0:
+        autopipe.optimize(early, n_trials=remaining, show_progress_bar=True)
+    if not any(t.state == TrialState.COMPLETE for t in autopipe.trials):
+        verify(autopipe, sampler.recommend(autopipe))
+        autopipe.optimize(early, n_trials=1)
+    result = _outcome("autopipe", autopipe)
+
+    tpe = optuna.create_study(
+        study_name=f"tpe-{DEMO_DATASET}-seed{seed}",
+        storage=storage,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        load_if_exists=True,
+    )
+    full = objective(files, scale, output_dir=work, early_stop=None)
+    while not tpe.trials or _spent(tpe) < result.seconds:
+        tpe.optimize(full, n_trials=1, show_progress_bar=True)
+    outcomes = [result, _outcome("tpe", tpe)]
+
+    print(f"\nAutoPipe vs TPE on {DEMO_DATASET} (mean exact match of the eval suite):")
+    print(f"{'method':10} {'trials':>6} {'full runs':>9} {'pipeline s':>10} {'best score':>10}")
+    for o in outcomes:
+        print(f"{o.method:10} {o.trials:6d} {o.full_runs:9d} {o.seconds:10.0f} {o.score:10.3f}")
+    print(f"wall time: {time.time() - started:.0f} s")
+    print(f"\nView both studies:\n  optuna-dashboard {storage}")
+    return outcomes

@@ -1,0 +1,280 @@
+"""``PostTrainingObjective``: SFT → GRPO → lm-eval as an Optuna objective, early-stop aware.
+
+One call = one trial. In early-stop mode (``early_stop=0.5``) SFT stops at half of its
+planned steps through ``AutoPipeEarlyStop``, RL and evaluation are skipped and the trial
+ends PRUNED with its dynamics (and, with a regressor, its proxy) in user attrs. A trial
+enqueued by ``optuna_autopipe.early_stop.promote``/``verify`` — and every trial when
+``early_stop=None`` — runs the whole pipeline and returns the suite's mean accuracy
+(maximise). A promoted trial resumes SFT from the early stop's checkpoint.
+
+Output directory (``output_dir``)::
+
+    <study name>/trial-<number>/
+        sft/checkpoint-<step>/   the early stop's checkpoint (kept: promotion resumes from it)
+        sft/model/               SFT model, input of GRPO (removed unless keep_models)
+        rl/model/                final model (removed unless keep_models)
+        trial.json               params, per-stage cost, scores or the failure
+
+User attrs written: ``cost`` (seconds, all stages), ``autopipe:cost`` (per stage: seconds,
+GPU-hours, peak memory in GB), ``autopipe:scores`` (accuracy per benchmark),
+``autopipe:failure`` (``{"stage", "kind", "reason"}``). A trial whose training runs out of
+memory, diverges (NaN loss) or crashes ends FAIL with the reason (the objective returns NaN,
+which Optuna records as a failed trial) and the study goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+
+from objectives.post_training.evaluation import EvalSuite, evaluate, suite_score
+from objectives.post_training.search_space import PARAMETERS, tiny_space
+from objectives.post_training.tasks import read_jsonl
+from objectives.post_training.training import Diverged, Hardware, load_model, run_grpo, run_sft
+from optuna_autopipe.early_stop import PROMOTED_FROM_ATTR, AutoPipeEarlyStop, resume_checkpoint
+from optuna_autopipe.space import suggest
+
+if TYPE_CHECKING:
+    from optuna_autopipe.profile import DatasetProfile
+    from optuna_autopipe.regressor import EarlyStopRegressor
+
+_logger = logging.getLogger(__name__)
+
+COST_ATTR = "autopipe:cost"
+SCORES_ATTR = "autopipe:scores"
+FAILURE_ATTR = "autopipe:failure"
+
+
+class StageFailure(Exception):
+    """A stage failed in a way that fails the trial (not the study)."""
+
+    def __init__(self, stage: str, kind: str, reason: str) -> None:
+        super().__init__(f"{stage}: {kind}: {reason}")
+        self.stage, self.kind, self.reason = stage, kind, reason
+
+
+@dataclass
+class _Ledger:
+    """Per-stage wall clock, GPU-hours and peak memory of one trial."""
+
+    device: str
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):  # type: ignore[no-untyped-def]
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        try:
+            yield
+        except optuna.TrialPruned:
+            raise
+        except Diverged as exc:
+            raise StageFailure(name, "diverged", str(exc)) from exc
+        except torch.OutOfMemoryError as exc:
+            raise StageFailure(name, "out_of_memory", str(exc).splitlines()[0]) from exc
+        except Exception as exc:
+            kind = "out_of_memory" if "out of memory" in str(exc).lower() else "crashed"
+            raise StageFailure(name, kind, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            seconds = time.perf_counter() - start
+            self.stages[name] = {
+                "seconds": round(seconds, 3),
+                "gpu_hours": round(seconds / 3600, 6) if self.device == "cuda" else 0.0,
+                "peak_memory_gb": round(_peak_memory_gb(self.device), 3),
+            }
+
+    @property
+    def seconds(self) -> float:
+        return sum(s["seconds"] for s in self.stages.values())
+
+
+def _peak_memory_gb(device: str) -> float:
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak (KiB)
+
+
+class PostTrainingObjective:
+    """SFT → GRPO → lm-eval on one dataset; returns the suite's mean accuracy (maximise).
+
+    Args:
+        sft_data: JSONL of ``{"prompt", "completion"}`` (the completion ends in "Answer: X").
+        rl_data: JSONL of ``{"prompt", "answer"}``.
+        eval_suite: the benchmarks (``EvalSuite``).
+        space: search space (default ``tiny_space()``; ``paper_space()`` for hub models);
+            ``base_model`` values are hub names, local folders or ``tiny/<name>``.
+        early_stop: SFT fraction at which non-promoted trials stop (``None``: always full).
+        regressor: turns the early-stop dynamics into a proxy (fitted at the same fraction).
+        dataset: the dataset's meta-features, for the regressor.
+        output_dir: where trials write (layout in the module docstring).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``; ``max_device_batch`` caps per-device
+            batches (the rest is gradient accumulation).
+        rl_max_steps: cap on GRPO steps (default: one pass over the RL prompts).
+        max_completion_length: GRPO completion length in tokens.
+        max_length: SFT sequence length (default: the tokenizer's).
+        seed: training seed (recorded on the trial).
+        keep_models: keep SFT and RL models after the trial.
+    """
+
+    def __init__(
+        self,
+        *,
+        sft_data: str | Path,
+        rl_data: str | Path,
+        eval_suite: EvalSuite,
+        space: Mapping[str, BaseDistribution] | None = None,
+        early_stop: float | None = 0.5,
+        regressor: EarlyStopRegressor | None = None,
+        dataset: DatasetProfile | Mapping[str, float] | None = None,
+        output_dir: str | Path = "runs/pipeline",
+        device: str = "auto",
+        max_device_batch: int | None = None,
+        rl_max_steps: int | None = None,
+        max_completion_length: int = 64,
+        max_length: int | None = None,
+        seed: int = 0,
+        keep_models: bool = False,
+    ) -> None:
+        self.sft_records = read_jsonl(sft_data, kind="SFT", required=("prompt", "completion"))
+        self.rl_records = read_jsonl(rl_data, kind="RL", required=("prompt", "answer"))
+        self.eval_suite = eval_suite
+        self.space = dict(space if space is not None else tiny_space())
+        missing = [p for p in PARAMETERS if p not in self.space]
+        if missing:
+            raise ValueError(
+                f"The search space lacks {missing}; start from tiny_space() or paper_space() "
+                "and change the grids you need."
+            )
+        if early_stop is not None and not 0.0 < early_stop < 1.0:
+            raise ValueError(f"early_stop must be in (0, 1) or None, got {early_stop!r}.")
+        self.early_stop = early_stop
+        self.regressor = regressor
+        self.dataset = dataset
+        self.output_dir = Path(output_dir)
+        self.hardware = Hardware.detect(device, max_device_batch)
+        self.rl_max_steps = rl_max_steps
+        self.max_completion_length = max_completion_length
+        self.max_length = max_length
+        self.seed = seed
+        self.keep_models = keep_models
+
+    def full(self) -> PostTrainingObjective:
+        """The same objective with every trial at full fidelity."""
+        clone = object.__new__(PostTrainingObjective)
+        clone.__dict__.update(self.__dict__, early_stop=None)
+        return clone
+
+    def __call__(self, trial: optuna.trial.Trial) -> float:
+        config = {name: suggest(trial, name, dist) for name, dist in self.space.items()}
+        folder = self.output_dir / trial.study.study_name / f"trial-{trial.number:05d}"
+        ledger = _Ledger(self.hardware.device)
+        record: dict[str, Any] = {"params": config, "seed": self.seed}
+        trial.set_user_attr("seed", self.seed)
+        try:
+            value = self._run(trial, config, folder, ledger, record)
+        except StageFailure as failure:
+            record["failure"] = {"stage": failure.stage, "kind": failure.kind}
+            record["failure"]["reason"] = failure.reason[:2000]
+            trial.set_user_attr(FAILURE_ATTR, record["failure"])
+            _logger.warning("trial %d failed: %s", trial.number, failure)
+            value = float("nan")
+        except optuna.TrialPruned:
+            self._close(trial, folder, ledger, record, completed=False)
+            raise
+        self._close(trial, folder, ledger, record, completed=True)
+        return value
+
+    def _run(
+        self,
+        trial: optuna.trial.Trial,
+        config: dict[str, Any],
+        folder: Path,
+        ledger: _Ledger,
+        record: dict[str, Any],
+    ) -> float:
+        full = self.early_stop is None or PROMOTED_FROM_ATTR in trial.user_attrs
+        hook = AutoPipeEarlyStop(
+            trial,
+            fraction=1.0 if full else self.early_stop,
+            regressor=None if full else self.regressor,
+            dataset=self.dataset,
+        )
+        with ledger.stage("sft"):
+            _, completed = run_sft(
+                model_name=config["base_model"],
+                records=self.sft_records,
+                epochs=config["sft_epoch"],
+                batch=config["sft_batch"],
+                lr=config["sft_lr"],
+                hardware=self.hardware,
+                output_dir=folder / "sft",
+                seed=self.seed,
+                callbacks=[hook.callback()],
+                resume_from=resume_checkpoint(trial),
+                max_length=self.max_length,
+            )
+        if not completed:
+            hook.finish()  # raises TrialPruned after an early stop or the study's pruner
+            raise StageFailure("sft", "crashed", "training ended before its planned length")
+        hook.write(fidelity=1.0)
+        with ledger.stage("rl"):
+            run_grpo(
+                model_dir=folder / "sft" / "model",
+                records=self.rl_records,
+                batch=config["rl_batch"],
+                lr=config["rl_lr"],
+                beta=config["rl_beta"],
+                rollouts=config["rl_rollouts"],
+                temperature=config["rl_temp"],
+                hardware=self.hardware,
+                output_dir=folder / "rl",
+                seed=self.seed,
+                max_completion_length=self.max_completion_length,
+                max_steps=self.rl_max_steps,
+            )
+        with ledger.stage("eval"):
+            model, tokenizer = load_model(str(folder / "rl" / "model"), self.hardware)
+            scores = evaluate(model, tokenizer, self.eval_suite, device=self.hardware.device)
+        trial.set_user_attr(SCORES_ATTR, scores)
+        record["scores"] = scores
+        return suite_score(scores, self.eval_suite.benchmarks)
+
+    def _close(
+        self,
+        trial: optuna.trial.Trial,
+        folder: Path,
+        ledger: _Ledger,
+        record: dict[str, Any],
+        *,
+        completed: bool,
+    ) -> None:
+        """Record costs, write ``trial.json``, remove what is not kept."""
+        trial.set_user_attr(COST_ATTR, ledger.stages)
+        trial.set_user_attr("cost", round(ledger.seconds, 3))
+        record["cost"] = ledger.stages
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "trial.json").write_text(json.dumps(record, indent=1, default=str))
+        if self.keep_models:
+            return
+        for stage in ("sft", "rl"):
+            shutil.rmtree(folder / stage / "model", ignore_errors=True)
+        if completed:  # a finished trial is never resumed: its checkpoints go too
+            for checkpoint in (folder / "sft").glob("checkpoint-*"):
+                shutil.rmtree(checkpoint, ignore_errors=True)

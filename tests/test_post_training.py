@@ -1,0 +1,185 @@
+"""The real pipeline on CPU: SFT → GRPO → lm-eval with a tiny local model (no hub access)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+from objectives.post_training import objective as objective_module
+from objectives.post_training.evaluation import EvalSuite
+from objectives.post_training.mini_corpus import MiniScale, generate
+from objectives.post_training.objective import (
+    COST_ATTR,
+    FAILURE_ATTR,
+    SCORES_ATTR,
+    PostTrainingObjective,
+)
+from objectives.post_training.search_space import PARAMETERS, paper_space, tiny_space
+from objectives.post_training.tasks import write_dataset
+from objectives.post_training.tiny_models import resolve_model
+from objectives.post_training.training import Diverged, Hardware
+from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
+from optuna_autopipe.early_stop import CHECKPOINT_ATTR, STOP_STEP_ATTR, verify
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "base_model": "tiny/llama-0.1m",
+    "sft_epoch": 2,
+    "sft_batch": 8,
+    "sft_lr": 3e-3,
+    "rl_batch": 8,
+    "rl_lr": 1e-4,
+    "rl_beta": 0.05,
+    "rl_rollouts": 4,
+    "rl_temp": 0.9,
+}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("AUTOPIPE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_dataset(
+        "compare", tmp_path_factory.mktemp("data"), n_sft=60, n_rl=8, n_eval=6, seed=0
+    )
+
+
+def single_space(config):
+    return {name: CategoricalDistribution([value]) for name, value in config.items()}
+
+
+def make_objective(files, tmp_path, **options):
+    options = {
+        "space": single_space(CONFIG),
+        "eval_suite": EvalSuite(benchmarks=files.eval, temperature=0.0, max_gen_toks=24),
+        "output_dir": tmp_path / "out",
+        "device": "cpu",
+        "rl_max_steps": 1,
+        "max_completion_length": 16,
+        **options,
+    }
+    return PostTrainingObjective(sft_data=files.sft, rl_data=files.rl, **options)
+
+
+def test_full_trial_runs_sft_grpo_and_lm_eval(files, tmp_path):
+    study = optuna.create_study(direction="maximize", study_name="full")
+    study.optimize(make_objective(files, tmp_path, early_stop=None), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.COMPLETE
+    scores = trial.user_attrs[SCORES_ATTR]
+    assert set(scores) == {"autopipe_compare_test", "autopipe_compare_hard"}
+    assert 0.0 <= trial.value <= 1.0
+    assert trial.value == pytest.approx(sum(scores.values()) / 2)
+    assert set(trial.user_attrs[COST_ATTR]) == {"sft", "rl", "eval"}
+    assert trial.user_attrs["cost"] > 0
+    assert trial.user_attrs["fidelity"] == 1.0
+    assert TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR]).total_steps == 16
+    folder = tmp_path / "out" / "full" / "trial-00000"
+    record = json.loads((folder / "trial.json").read_text())
+    assert record["params"] == CONFIG and record["scores"] == scores
+    assert not (folder / "sft" / "model").exists() and not (folder / "rl" / "model").exists()
+
+
+def test_early_stop_at_half_of_sft_then_verified_by_resuming(files, tmp_path):
+    study = optuna.create_study(direction="maximize", study_name="es")
+    objective = make_objective(files, tmp_path, early_stop=0.5)
+    study.optimize(objective, n_trials=1)
+    stopped = study.trials[0]
+    assert stopped.state == TrialState.PRUNED
+    planned = math.ceil(60 / 8) * 2  # 8 steps per epoch, 2 epochs
+    assert stopped.user_attrs[STOP_STEP_ATTR] == planned // 2
+    dynamics = TrainingDynamics.from_json(stopped.user_attrs[DYNAMICS_ATTR])
+    assert dynamics.total_steps == planned and dynamics.last_step == planned // 2
+    assert set(stopped.user_attrs[COST_ATTR]) == {"sft"}  # no RL, no evaluation
+    assert stopped.user_attrs[CHECKPOINT_ATTR].endswith(f"checkpoint-{planned // 2}")
+
+    verify(study, stopped.params)
+    study.optimize(objective, n_trials=1)
+    full = study.trials[1]
+    assert full.state == TrialState.COMPLETE
+    resumed = TrainingDynamics.from_json(full.user_attrs[DYNAMICS_ATTR])
+    assert resumed.last_step == planned
+    assert min(step for step, _ in resumed.metrics["loss"]) == 1  # continues the first half
+    assert full.user_attrs[COST_ATTR]["sft"]["seconds"] > 0
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), "out_of_memory"),
+        (Diverged("GRPO loss became nan at step 3"), "diverged"),
+        (KeyError("rollout"), "crashed"),
+    ],
+)
+def test_failing_stage_fails_the_trial_not_the_study(files, tmp_path, monkeypatch, error, kind):
+    def broken(**_):
+        raise error
+
+    monkeypatch.setattr(objective_module, "run_grpo", broken)
+    study = optuna.create_study(direction="maximize", study_name="broken")
+    study.optimize(make_objective(files, tmp_path, early_stop=None), n_trials=2)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    failure = study.trials[0].user_attrs[FAILURE_ATTR]
+    assert failure["stage"] == "rl" and failure["kind"] == kind
+    assert str(error.args[0]) in failure["reason"]
+    assert set(study.trials[0].user_attrs[COST_ATTR]) == {"sft", "rl"}
+
+
+def test_bad_inputs_name_the_input(files, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.jsonl"):
+        PostTrainingObjective(
+            sft_data=tmp_path / "missing.jsonl",
+            rl_data=files.rl,
+            eval_suite=EvalSuite(benchmarks=files.eval),
+        )
+    space = single_space(CONFIG)
+    del space["rl_beta"]
+    with pytest.raises(ValueError, match="rl_beta"):
+        make_objective(files, tmp_path, space=space)
+    with pytest.raises(ValueError, match="early_stop"):
+        make_objective(files, tmp_path, early_stop=1.0)
+    with pytest.raises(ValueError, match="tiny model"):
+        resolve_model("tiny/llama-9t")
+    with pytest.raises(TypeError, match="sequence"):
+        EvalSuite(benchmarks=files.eval[0])
+
+
+def test_spaces_follow_table_3():
+    for space in (paper_space(), tiny_space()):
+        assert list(space) == list(PARAMETERS)
+    assert paper_space()["rl_beta"].choices == (0.0, 0.05, 0.1)
+    assert paper_space()["rl_rollouts"].choices == (8, 16)
+    assert resolve_model("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"
+
+
+def test_effective_batch_is_split_into_accumulation():
+    hardware = Hardware(device="cpu", max_device_batch=16)
+    assert hardware.split_batch(64) == (16, 4)
+    assert hardware.split_batch(8) == (8, 1)
+    assert hardware.split_batch(48, multiple_of=8) == (16, 3)
+    assert hardware.split_batch(64, multiple_of=16) == (16, 4)
+
+
+def test_corpus_generation_resumes(tmp_path):
+    scale = MiniScale(n_sft=24, n_rl=8, n_eval=5, rl_max_steps=1, max_completion_length=8)
+    out = tmp_path / "mini"
+    generate(out, runs=1, workers=1, datasets=("yesno",), scale=scale)
+    first = Corpus.load(out / "corpus.jsonl").dataset("mini-yesno")
+    assert len(first.configs) == 1 and first.dynamics[0] is not None
+    assert first.features["simple.rl_answer_yes_no_share"] == 1.0
+    generate(out, runs=2, workers=1, datasets=("yesno",), scale=scale)
+    second = Corpus.load(out / "corpus.jsonl").dataset("mini-yesno")
+    assert len(second.configs) == 2 and second.configs[0] == first.configs[0]
+    assert json.loads((out / "generation.json").read_text())["runs_per_dataset"] == 2
