@@ -230,8 +230,9 @@ class Corpus:
             )
         return cls(union_space(spaces), datasets)
 
-    def save(self, path: str | Path) -> None:
-        """Write the corpus as JSONL (format in the module docstring)."""
+    def save(self, path: str | Path, *, max_points: int | None = None) -> None:
+        """Write the corpus as JSONL (format in the module docstring); ``max_points`` thins
+        each run's dynamics to at most that many points per metric."""
         with Path(path).open("w") as out:
             space = {n: distribution_to_json(d) for n, d in self.space.items()}
             out.write(json.dumps({"kind": "space", "space": space}) + "\n")
@@ -254,7 +255,9 @@ class Corpus:
                         "config": config,
                         "score": score,
                         "cost": cost,
-                        "dynamics": None if dynamics is None else json.loads(dynamics.to_json()),
+                        "dynamics": None
+                        if dynamics is None
+                        else json.loads(dynamics.to_json(max_points=max_points)),
                     }
                     out.write(json.dumps(run) + "\n")
 
@@ -293,24 +296,26 @@ class Corpus:
         missing = sorted(set(runs) - set(heads))
         if missing:
             raise ValueError(f"{path}: runs of datasets without a 'dataset' record: {missing}.")
-        datasets = [
-            DatasetRuns(
-                name=name,
-                direction=head["direction"],
-                features={
-                    k: math.nan if v is None else float(v) for k, v in head["features"].items()
-                },
-                configs=[r["config"] for r in runs[name]],
-                scores=np.array([r["score"] for r in runs[name]], dtype=float),
-                group=head.get("group", name),
-                costs=[r.get("cost") for r in runs[name]],
-                dynamics=[
-                    _parse_dynamics(r.get("dynamics"), f"{path}: a run of {name}")
-                    for r in runs[name]
-                ],
-            )
-            for name, head in heads.items()
-        ]
+        try:
+            datasets = [
+                DatasetRuns(
+                    name=name,
+                    direction=head["direction"],
+                    features={
+                        k: math.nan if v is None else float(v) for k, v in head["features"].items()
+                    },
+                    configs=[r["config"] for r in runs[name]],
+                    scores=np.array([r["score"] for r in runs[name]], dtype=float),
+                    group=head.get("group", name),
+                    costs=[r.get("cost") for r in runs[name]],
+                    dynamics=[
+                        _parse_dynamics(r.get("dynamics"), f"a run of {name}") for r in runs[name]
+                    ],
+                )
+                for name, head in heads.items()
+            ]
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
         return cls(space, datasets)
 
 
@@ -321,12 +326,18 @@ def _features_from_attr(study: str, value: Any) -> dict[str, float]:
             "study %s has no %s user attr: its dataset features are unknown", study, PROFILE_ATTR
         )
         return {}
-    if isinstance(value, str):
-        value = json.loads(value)
-    features = value.get("features", value) if isinstance(value, dict) else None
-    if not isinstance(features, dict):
-        raise ValueError(f"Study {study!r}: user attr {PROFILE_ATTR!r} is not a feature mapping.")
-    return {k: math.nan if v is None else float(v) for k, v in features.items()}
+    try:
+        if isinstance(value, str):
+            value = json.loads(value)
+        features = value.get("features", value) if isinstance(value, dict) else None
+        if not isinstance(features, dict):
+            raise ValueError("expected an object of features")
+        return {k: math.nan if v is None else float(v) for k, v in features.items()}
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"Study {study!r}: user attr {PROFILE_ATTR!r} is not a feature mapping ({exc}); "
+            "set it with DatasetProfile.to_study(study) or as {name: number or None}."
+        ) from exc
 
 
 def _parse_dynamics(value: Any, source: str) -> TrainingDynamics | None:

@@ -16,7 +16,11 @@ Two ways to feed it:
 What lands on the trial (user attrs, so any storage and optuna-dashboard show them):
 
 - the primary metric (``primary``; by default ``eval_loss`` for a trainer that evaluates,
-  else ``loss``, and in a plain loop the first of them it reports) as intermediate values;
+  else ``loss``, and in a plain loop the first of them it reports) as intermediate values,
+  oriented like the study so that its pruner compares them the right way round: a metric
+  whose name says lower is better (``loss``, ``perplexity``, ``error``, ``nll``) is reported
+  negated in a maximised study (e.g. accuracy after the pipeline), and any other metric is
+  reported negated in a minimised one;
 - ``autopipe:dynamics``: the ``TrainingDynamics`` JSON (every metric, compact);
 - ``fidelity``: the share of the planned training done, and ``autopipe:stop_step``;
 - after an early stop with a ``regressor``: ``autopipe:proxy`` and ``autopipe:proxy_variance``
@@ -63,6 +67,8 @@ CHECKPOINT_ATTR = "autopipe:checkpoint"
 PROMOTED_FROM_ATTR = "autopipe:promoted_from"
 #: Metrics tried in order when ``primary`` is not given.
 PRIMARY_DEFAULTS = ("eval_loss", "loss")
+#: Metric names read as lower-is-better when orienting intermediate values.
+_LOWER_IS_BETTER = re.compile(r"loss|perplexity|error|nll", re.IGNORECASE)
 #: Trainer log entries that are bookkeeping (timings, throughput, progress), not dynamics.
 _BOOKKEEPING = re.compile(r"(_runtime|_per_second|total_flos|^epoch)$")
 
@@ -144,8 +150,9 @@ class AutoPipeEarlyStop:
     ) -> bool:
         """Record the numeric ``metrics`` logged at ``step``; True when training should stop.
 
-        The intermediate value reported to Optuna is ``intermediate`` when given, otherwise
-        the primary metric (when it is among ``metrics``); one per step.
+        The intermediate value reported to Optuna is ``intermediate`` when given (as is),
+        otherwise the primary metric (when it is among ``metrics``) oriented like the study
+        (module docstring); one per step.
         """
         if self.dynamics is None:
             raise RuntimeError(
@@ -155,11 +162,17 @@ class AutoPipeEarlyStop:
         self.dynamics.record(step, metrics)
         if self.primary is None:
             self.primary = next((m for m in PRIMARY_DEFAULTS if m in metrics), None)
-        value = metrics.get(self.primary) if intermediate is None else intermediate
+        value = self._oriented(metrics.get(self.primary)) if intermediate is None else intermediate
         if isinstance(value, int | float) and math.isfinite(value) and step not in self._reported:
             self.trial.report(float(value), step=int(step))
             self._reported.add(int(step))
         return self.should_stop(step)
+
+    def _oriented(self, value: Any) -> Any:
+        if not isinstance(value, int | float) or self.primary is None:
+            return value
+        maximize = self.trial.study.direction == optuna.study.StudyDirection.MAXIMIZE
+        return -value if maximize == bool(_LOWER_IS_BETTER.search(self.primary)) else value
 
     def should_stop(self, step: int) -> bool:
         """True at or after the stop step."""

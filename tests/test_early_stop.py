@@ -176,3 +176,21 @@ def test_early_stop_baselines_spend_half_runs_then_verify_the_best_proxy(nmt):
         record = outcome(study, ctx, protocol="grouped")
         assert record["cost"] == pytest.approx(sum(e.cost for e in ctx.evaluations.values()))
         assert record["cost"] < 4
+
+
+@pytest.mark.parametrize(
+    ("direction", "metric", "reported"),
+    [
+        ("maximize", "loss", -2.0),
+        ("minimize", "loss", 2.0),
+        ("maximize", "accuracy", 2.0),
+        ("minimize", "accuracy", -2.0),
+    ],
+)
+def test_intermediate_values_are_oriented_like_the_study(direction, metric, reported):
+    study = optuna.create_study(direction=direction)
+    trial = study.ask()
+    hook = AutoPipeEarlyStop(trial, total_steps=10, fraction=1.0, primary=metric)
+    hook.report(1, {metric: 2.0})
+    hook.report(2, {metric: 1.0}, intermediate=5.0)  # an explicit value is kept as is
+    assert study.trials[0].intermediate_values == {1: reported, 2: 5.0}

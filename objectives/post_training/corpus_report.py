@@ -46,6 +46,7 @@ def seed_spread(
         study_name=study_name(task) + SEEDS_SUFFIX,
         storage=storage,
         direction="maximize",
+        pruner=optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
     have = {(t.user_attrs.get(RUN_INDEX_ATTR), t.user_attrs.get("seed")) for t in study.trials}

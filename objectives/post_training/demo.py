@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from objectives.post_training.mini_corpus import (
     DEFAULT_SCALE,
     DEMO_DATASET,
+    DEMO_DIFFICULTY,
     dataset_files,
     objective,
     profile,
@@ -75,19 +76,21 @@ def run_demo(out: str | Path = "runs/demo", *, budget: int = 10, seed: int = 0) 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{out / 'demo.db'}"
-    scale = DEFAULT_SCALE
+    scale = replace(DEFAULT_SCALE, difficulty=DEMO_DIFFICULTY)
+    name = f"{DEMO_DATASET}-{DEMO_DIFFICULTY}"
     started = time.time()
     prior = load_prior(out)
     files = dataset_files(out, DEMO_DATASET, scale)
-    dataset = profile(DEMO_DATASET, files)
-    print(f"prior ready ({time.time() - started:.0f} s); new dataset: {DEMO_DATASET}")
+    dataset = profile(name, files)
+    print(f"prior ready ({time.time() - started:.0f} s); new dataset: {name}")
 
     sampler = AutoPipeSampler(prior, dataset, budget=budget, seed=seed, search_space=tiny_space())
     autopipe = optuna.create_study(
-        study_name=f"autopipe-{DEMO_DATASET}-seed{seed}",
+        study_name=f"autopipe-{name}-seed{seed}",
         storage=storage,
         direction="maximize",
         sampler=sampler,
+        pruner=optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
     dataset.to_study(autopipe)
@@ -102,10 +105,11 @@ def run_demo(out: str | Path = "runs/demo", *, budget: int = 10, seed: int = 0) 
     result = _outcome("autopipe", autopipe)
 
     tpe = optuna.create_study(
-        study_name=f"tpe-{DEMO_DATASET}-seed{seed}",
+        study_name=f"tpe-{name}-seed{seed}",
         storage=storage,
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
     full = objective(files, scale, output_dir=work, early_stop=None)
@@ -113,7 +117,7 @@ def run_demo(out: str | Path = "runs/demo", *, budget: int = 10, seed: int = 0) 
         tpe.optimize(full, n_trials=1, show_progress_bar=True)
     outcomes = [result, _outcome("tpe", tpe)]
 
-    print(f"\nAutoPipe vs TPE on {DEMO_DATASET} (mean exact match of the eval suite):")
+    print(f"\nAutoPipe vs TPE on {name} (mean exact match of the eval suite):")
     print(f"{'method':10} {'trials':>6} {'full runs':>9} {'pipeline s':>10} {'best score':>10}")
     for o in outcomes:
         print(f"{o.method:10} {o.trials:6d} {o.full_runs:9d} {o.seconds:10.0f} {o.score:10.3f}")

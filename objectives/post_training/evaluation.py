@@ -3,7 +3,8 @@
 A benchmark is a local JSONL file of ``{"prompt", "answer"}`` records (turned into an lm-eval
 ``generate_until`` task named ``autopipe_<file stem>``) or the name of a task registered in
 lm-eval (its own prompts and metric; its first metric counts). For local files (paper, C.1):
-the prompt is the record's prompt followed by ``instruction``; the chat template is applied;
+the prompt is the record's prompt followed by ``instruction`` (none when empty: for data
+whose SFT prompts carry no instruction, like the mini datasets); the chat template is applied;
 a regex filter takes the answer after the last "Answer:"; exact match ignores case and
 punctuation. Decoding is stochastic at ``temperature`` and scores are averaged over ``seeds``
 (``temperature=0``: greedy, one run).
@@ -73,7 +74,7 @@ def _local_task(path: Path, suite: EvalSuite) -> dict[str, Any]:
         "dataset_kwargs": {"data_files": {"test": str(path.resolve())}},
         "test_split": "test",
         "output_type": "generate_until",
-        "doc_to_text": "{{prompt}}\n" + suite.instruction,
+        "doc_to_text": "{{prompt}}" + (f"\n{suite.instruction}" if suite.instruction else ""),
         "doc_to_target": "{{answer}}",
         "generation_kwargs": generation,
         "filter_list": [

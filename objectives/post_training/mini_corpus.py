@@ -41,20 +41,24 @@ from objectives.post_training.tiny_models import TINY_MODELS, TINY_PREFIX, resol
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.profile import DatasetProfile
 
-#: Datasets of the bundled corpus; DEMO_DATASET is held out of it (the demo's new dataset).
+#: Datasets of the bundled corpus (at ``MiniScale.difficulty`` 0).
 CORPUS_DATASETS = ("compare", "arithmetic", "retrieval", "yesno")
-DEMO_DATASET = "sequence"
+#: The demo's new dataset: four-option comparisons (difficulty 1), a harder relative of the
+#: corpus's three-option ``compare``; it is not in the corpus.
+DEMO_DATASET, DEMO_DIFFICULTY = "compare", 1
 RUN_INDEX_ATTR = "autopipe:run_index"
+#: Points per metric kept in corpus.jsonl (the journal keeps every logged step).
+CORPUS_POINTS = 200
 
 
 @dataclass(frozen=True, kw_only=True)
 class MiniScale:
     """Sizes of one mini dataset and of its pipeline runs (CPU-sized defaults)."""
 
-    n_sft: int = 1536
+    n_sft: int = 2048
     n_rl: int = 64
     n_eval: int = 100
-    difficulty: int = 1
+    difficulty: int = 0
     rl_max_steps: int = 6
     max_completion_length: int = 48
     eval_temperature: float = 0.0
@@ -69,7 +73,7 @@ def study_name(task: str) -> str:
 
 def dataset_files(root: Path, task: str, scale: MiniScale, seed: int = 0) -> DatasetFiles:
     """Write (or reuse) the dataset's files under ``root/data/<task>``."""
-    folder = root / "data" / task
+    folder = root / "data" / f"{task}-{scale.difficulty}"
     files = write_dataset(
         task,
         folder,
@@ -82,9 +86,9 @@ def dataset_files(root: Path, task: str, scale: MiniScale, seed: int = 0) -> Dat
     return files
 
 
-def profile(task: str, files: DatasetFiles) -> DatasetProfile:
+def profile(name: str, files: DatasetFiles) -> DatasetProfile:
     return DatasetProfile.from_files(
-        name=task, sft_path=files.sft, rl_path=files.rl, eval_paths=list(files.eval)
+        name=name, sft_path=files.sft, rl_path=files.rl, eval_paths=list(files.eval)
     )
 
 
@@ -95,7 +99,9 @@ def objective(
     return PostTrainingObjective(
         sft_data=files.sft,
         rl_data=files.rl,
-        eval_suite=EvalSuite(benchmarks=files.eval, temperature=scale.eval_temperature),
+        eval_suite=EvalSuite(
+            benchmarks=files.eval, temperature=scale.eval_temperature, instruction=""
+        ),
         space=tiny_space(),
         output_dir=output_dir,
         device="cpu",
@@ -167,7 +173,10 @@ def _worker(
     root = Path(out)
     storage = journal(root)
     for task, index in jobs:
-        study = optuna.load_study(study_name=study_name(task), storage=storage)
+        # corpus runs are full runs: no pruner may stop them
+        study = optuna.load_study(
+            study_name=study_name(task), storage=storage, pruner=optuna.pruners.NopPruner()
+        )
         if index is not None:
             config = planned_configs(task, index + 1, seed)[index]
             study.enqueue_trial(config, user_attrs={RUN_INDEX_ATTR: index})
@@ -214,7 +223,7 @@ def generate(
         process.join()
     corpus = Corpus.from_studies(storage, [study_name(t) for t in datasets])
     path = out / "corpus.jsonl"
-    corpus.save(path)
+    corpus.save(path, max_points=CORPUS_POINTS)
     record = {
         "command": " ".join(sys.argv),
         "runs_per_dataset": runs,

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from optuna_autopipe.regressor import EarlyStopRegressor
 
 _logger = logging.getLogger(__name__)
+_ANSWER_LINE = re.compile(r"[ \t]*Answer:[ \t]*\S")
 
 COST_ATTR = "autopipe:cost"
 SCORES_ATTR = "autopipe:scores"
@@ -101,6 +104,24 @@ class _Ledger:
         return sum(s["seconds"] for s in self.stages.values())
 
 
+def _warn_without_answer_line(records: list[dict[str, Any]], path: str | Path) -> None:
+    """Warn when SFT completions do not end with an ``Answer: X`` line: evaluation reads the
+    answer after the last "Answer:", so a model trained on them learns no answer it can find.
+    A warning, not an error: such data still trains (and RL accepts eight formats)."""
+    bad = [
+        number
+        for number, record in enumerate(records, start=1)
+        if not _ANSWER_LINE.match(record["completion"].rstrip().rsplit("\n", 1)[-1])
+    ]
+    if bad:
+        warnings.warn(
+            f"SFT data {path}: {len(bad)} of {len(records)} completions (records {bad[:5]}) do "
+            'not end with an "Answer: X" line, which evaluation reads; end every completion '
+            'with "Answer: <answer>" (see objectives/post_training/formats.py).',
+            stacklevel=3,
+        )
+
+
 def _peak_memory_gb(device: str) -> float:
     import resource
 
@@ -115,7 +136,8 @@ class PostTrainingObjective:
     """SFT → GRPO → lm-eval on one dataset; returns the suite's mean accuracy (maximise).
 
     Args:
-        sft_data: JSONL of ``{"prompt", "completion"}`` (the completion ends in "Answer: X").
+        sft_data: JSONL of ``{"prompt", "completion"}`` (the completion ends in "Answer: X";
+            a warning names the records that do not).
         rl_data: JSONL of ``{"prompt", "answer"}``.
         eval_suite: the benchmarks (``EvalSuite``).
         space: search space (default ``tiny_space()``; ``paper_space()`` for hub models);
@@ -153,6 +175,7 @@ class PostTrainingObjective:
         keep_models: bool = False,
     ) -> None:
         self.sft_records = read_jsonl(sft_data, kind="SFT", required=("prompt", "completion"))
+        _warn_without_answer_line(self.sft_records, sft_data)
         self.rl_records = read_jsonl(rl_data, kind="RL", required=("prompt", "answer"))
         self.eval_suite = eval_suite
         self.space = dict(space if space is not None else tiny_space())

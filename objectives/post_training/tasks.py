@@ -18,8 +18,7 @@ level 3) with a small vocabulary, for byte-level BPE models with 256 positions. 
   three to five terms shown (level 0: rising by 1-9; 1: 2-digit terms, steps +-2..19;
   2: 3-digit terms, steps +-11..99; 3+: 4-digit terms, steps +-11..199)
 
-Files (``write_dataset``): ``sft.jsonl`` records ``{"prompt", "completion"}``, the prompt
-followed by ``ANSWER_INSTRUCTION`` (what evaluation prompts ask too), the completion
+Files (``write_dataset``): ``sft.jsonl`` records ``{"prompt", "completion"}`` with completion
 ``"<reasoning>\\nAnswer: <answer>"``; ``rl.jsonl`` and the eval benchmarks
 ``eval/<task>_test.jsonl`` (same level) and ``eval/<task>_hard.jsonl`` (level + 1) records
 ``{"prompt", "answer"}``.
@@ -34,8 +33,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from objectives.post_training.formats import ANSWER_INSTRUCTION
 
 
 @dataclass(frozen=True)
@@ -253,11 +250,7 @@ def write_dataset(
     hard = _draw(spec, rng("hard"), difficulty + 1, n_eval, seen)
     return DatasetFiles(
         sft=_write_jsonl(
-            out / "sft.jsonl",
-            (
-                {"prompt": f"{e.prompt}\n{ANSWER_INSTRUCTION}", "completion": e.completion}
-                for e in sft
-            ),
+            out / "sft.jsonl", ({"prompt": e.prompt, "completion": e.completion} for e in sft)
         ),
         rl=_write_jsonl(out / "rl.jsonl", ({"prompt": e.prompt, "answer": e.answer} for e in rl)),
         eval=tuple(
