@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
 QUICK := --budget 15 --seeds 2 --methods random,tpe,gp,bohb,random1,global,smac
 
-.PHONY: install demo test lint bench-quick bench reference-check bench-prior bench-sampler
+.PHONY: install demo demo-replay test lint bench-quick bench reference-check bench-prior bench-sampler
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/autopipe demo
+
+# The former demo: LODO on the recorded NMT runs, every baseline, 2 seeds.
+demo-replay: $(STAMP)
+	$(VENV)/bin/autopipe bench --benchmark nmt --seeds 2 --out runs/demo-replay \
+		--methods random,tpe,gp,bohb,random1,global,offline,random-es,tpe-es,autopipe
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -79,7 +79,7 @@ def test_full_trial_runs_sft_grpo_and_lm_eval(files, tmp_path):
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
     scores = trial.user_attrs[SCORES_ATTR]
-    assert set(scores) == {"autopipe_compare_test", "autopipe_compare_hard"}
+    assert set(scores) == {"autopipe_test", "autopipe_hard"}
     assert 0.0 <= trial.value <= 1.0
     assert trial.value == pytest.approx(sum(scores.values()) / 2)
     assert set(trial.user_attrs[COST_ATTR]) == {"sft", "rl", "eval"}

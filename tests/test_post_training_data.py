@@ -167,7 +167,7 @@ def test_five_styles():
 def test_write_dataset_writes_disjoint_splits(tmp_path, name):
     files = write_dataset(name, tmp_path / "a", n_sft=64, n_rl=16, n_eval=20, difficulty=0)
     assert files.sft == tmp_path / "a" / "sft.jsonl" and files.rl == tmp_path / "a" / "rl.jsonl"
-    assert [p.name for p in files.eval] == [f"{name}_test.jsonl", f"{name}_hard.jsonl"]
+    assert [p.name for p in files.eval] == ["test.jsonl", "hard.jsonl"]
     assert all(p.parent == tmp_path / "a" / "eval" for p in files.eval)
     sft = read_jsonl(files.sft, kind="SFT", required=("prompt", "completion"))
     rl = read_jsonl(files.rl, kind="RL", required=("prompt", "answer"))

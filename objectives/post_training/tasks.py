@@ -20,7 +20,8 @@ level 3) with a small vocabulary, for byte-level BPE models with 256 positions. 
 
 Files (``write_dataset``): ``sft.jsonl`` records ``{"prompt", "completion"}`` with completion
 ``"<reasoning>\\nAnswer: <answer>"``; ``rl.jsonl`` and the eval benchmarks
-``eval/<task>_test.jsonl`` (same level) and ``eval/<task>_hard.jsonl`` (level + 1) records
+``eval/test.jsonl`` (same level) and ``eval/hard.jsonl`` (level + 1; the same two names for every
+task, so that the meta-features of benchmark overlap mean the same across datasets) records
 ``{"prompt", "answer"}``.
 """
 
@@ -255,7 +256,7 @@ def write_dataset(
         rl=_write_jsonl(out / "rl.jsonl", ({"prompt": e.prompt, "answer": e.answer} for e in rl)),
         eval=tuple(
             _write_jsonl(
-                out / "eval" / f"{task}_{name}.jsonl",
+                out / "eval" / f"{name}.jsonl",
                 ({"prompt": e.prompt, "answer": e.answer} for e in examples),
             )
             for name, examples in (("test", test), ("hard", hard))
