@@ -63,24 +63,53 @@ class Prior:
             )
 
     def save(self, directory: str | Path) -> None:
+        """Write the ranker, the regressor and ``prior.json`` (the record, with this
+        package's version, which ``load`` checks)."""
         directory = Path(directory)
         self.ranker.save(directory)
         if self.regressor is not None:
             self.regressor.save(directory)
-        (directory / "prior.json").write_text(json.dumps(self.record, indent=1))
+        versions = {
+            **self.record.get("versions", {}),
+            "optuna_autopipe": optuna_autopipe.__version__,
+        }
+        record = {**self.record, "versions": versions}
+        (directory / "prior.json").write_text(json.dumps(record, indent=1))
 
     @classmethod
     def load(cls, directory: str | Path) -> Prior:
+        """A prior saved by ``save``. Raises when it was written by another MAJOR.MINOR
+        version of optuna-autopipe (a prior without ``prior.json`` is not checked)."""
         directory = Path(directory)
-        ranker = Ranker.load(directory)
-        has_regressor = (directory / "regressor.json").exists()
-        regressor = EarlyStopRegressor.load(directory) if has_regressor else None
         record_path = directory / "prior.json"
         try:
             record = json.loads(record_path.read_text()) if record_path.exists() else {}
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
         except ValueError as exc:
-            raise ValueError(f"{record_path} is not valid JSON ({exc}); refit the prior.") from exc
+            raise ValueError(
+                f"{record_path} is not a prior record ({exc}); refit with `autopipe fit-prior`."
+            ) from exc
+        _check_version(record_path, record)
+        ranker = Ranker.load(directory)
+        has_regressor = (directory / "regressor.json").exists()
+        regressor = EarlyStopRegressor.load(directory) if has_regressor else None
         return cls(ranker=ranker, regressor=regressor, record=record)
+
+
+def _check_version(record_path: Path, record: dict[str, Any]) -> None:
+    """Raise unless ``record`` was written by this MAJOR.MINOR version of the package."""
+    versions = record.get("versions")
+    saved = versions.get("optuna_autopipe") if isinstance(versions, dict) else None
+    if saved is None:
+        return
+    current = optuna_autopipe.__version__
+    if str(saved).split(".")[:2] != current.split(".")[:2]:
+        raise ValueError(
+            f"{record_path} was written by optuna-autopipe {saved}; this is {current}, which "
+            f"reads priors of version {'.'.join(current.split('.')[:2])}.x only. Refit with "
+            "`autopipe fit-prior`."
+        )
 
 
 def _folds(corpus: Corpus, max_folds: int) -> list[str]:

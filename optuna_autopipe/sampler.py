@@ -82,7 +82,8 @@ class AutoPipeSampler(BaseSampler):
         budget: the planned number of trials (λ and κ are annealed over it).
         seed: makes suggestions reproducible for the same storage contents.
         search_space: the space to optimise (default: the finished trials' common space,
-            before any, the prior's space).
+            before any, the prior's space). Checked against the prior here: a parameter the
+            prior scores missing, or a categorical choice it never saw, raises at once.
         residual: model r = z − s(x) (``False``: the GP models z; the prior still guides).
         bo: ``False`` takes the prior's best untried configuration each time.
         schedule: λ_t and κ_t (``acquisition.Schedule``; its budget is replaced by ``budget``).
@@ -149,6 +150,8 @@ class AutoPipeSampler(BaseSampler):
         self._warned: set[str] = set()
         self._cache: dict[str, _Candidates] = {}
         self._lock = threading.Lock()
+        if prior is not None and self.search_space is not None:
+            self._check_prior_space(self.search_space, choices=True)
 
     # --- pickling and reseeding ----------------------------------------------------------
 
@@ -271,7 +274,8 @@ class AutoPipeSampler(BaseSampler):
             )
             phase = "bo"
         score = np.where(free, score, -np.inf)
-        for index in np.argsort(-score, kind="stable")[:64]:
+        order = np.argsort(-score, kind="stable")
+        for index in order[free[order]]:  # every free candidate, best first
             explain.update(
                 {
                     PRIOR_SCORE_ATTR: float(prior[index]),
@@ -288,6 +292,10 @@ class AutoPipeSampler(BaseSampler):
                 trial.set_user_attr(name, value)
             if exhausted or not self._held_by_another(study, trial, space, keys[index]):
                 return dict(configs[index])
+        _logger.warning(
+            "Every free candidate configuration was claimed by another worker meanwhile; "
+            "AutoPipeSampler proposes the best one again."
+        )
         return dict(configs[int(np.argmax(score))])
 
     def _candidates(self, space: dict[str, BaseDistribution]) -> _Candidates:
@@ -315,18 +323,27 @@ class AutoPipeSampler(BaseSampler):
         self, configs: Sequence[Mapping[str, Any]], space: Mapping[str, Any]
     ) -> np.ndarray:
         """The prior's raw scores (zeros without a usable prior)."""
-        if self.prior is None:
+        if self.prior is None or not self._check_prior_space(space):
             return np.zeros(len(configs))
-        known = set(self.prior.ranker.encoder.space)  # type: ignore[union-attr]
+        return self.prior.ranker.raw_scores(self._with_singles(configs), self.features)
+
+    def _check_prior_space(
+        self, space: Mapping[str, BaseDistribution], *, choices: bool = False
+    ) -> bool:
+        """Whether the prior scores ``space`` (``False``, with one warning, when they share no
+        parameter). Raises when ``space`` lacks parameters the prior scores and, with
+        ``choices``, when a categorical choice is one the prior never saw."""
+        encoder = self.prior.ranker.encoder  # type: ignore[union-attr]
+        known = set(encoder.space)
         if not known & set(space):
             if "<prior>" not in self._warned:
                 self._warned.add("<prior>")
                 warnings.warn(
                     f"None of the prior's parameters ({sorted(known)}) is in the search space "
                     f"({sorted(space)}); AutoPipeSampler runs without the prior.",
-                    stacklevel=3,
+                    stacklevel=4,
                 )
-            return np.zeros(len(configs))
+            return False
         missing = sorted(known - set(space) - set(self._singles))
         if missing:
             raise ValueError(
@@ -334,7 +351,10 @@ class AutoPipeSampler(BaseSampler):
                 "the objective (or pass search_space= with them), or refit the prior "
                 "(`autopipe fit-prior`) on studies with this search space."
             )
-        return self.prior.ranker.raw_scores(self._with_singles(configs), self.features)
+        for name, dist in space.items():
+            if choices and name in known and isinstance(dist, CategoricalDistribution):
+                encoder.encode([{name: choice} for choice in dist.choices])  # raises, naming it
+        return True
 
     @property
     def _singles(self) -> dict[str, Any]:

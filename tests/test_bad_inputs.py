@@ -1,0 +1,438 @@
+"""Bad inputs across the public surface: each gives an error naming the input and the fix, or a
+documented fallback, and leaves the storage as it was (the README's "Bad inputs" table)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+import optuna_autopipe
+from objectives import BenchmarkDataError, load_benchmark
+from objectives.post_training import objective as objective_module
+from objectives.post_training.evaluation import EvalSuite
+from objectives.post_training.objective import FAILURE_ATTR, PostTrainingObjective
+from objectives.post_training.tasks import DatasetFiles, write_dataset
+from optuna_autopipe.cli import main
+from optuna_autopipe.corpus import Corpus, DatasetRuns
+from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
+from optuna_autopipe.early_stop import AutoPipeEarlyStop
+from optuna_autopipe.ensemble import TreeParams
+from optuna_autopipe.prior import Prior, fit_prior
+from optuna_autopipe.profile import PROFILE_ATTR, DatasetProfile
+from optuna_autopipe.sampler import AutoPipeSampler
+
+pytestmark = pytest.mark.badinput
+
+A_CHOICES = ("p", "q", "r")
+B_CHOICES = (1, 2, 3, 4)
+SPACE = {"a": CategoricalDistribution(A_CHOICES), "b": CategoricalDistribution(B_CHOICES)}
+GRID = [{"a": a, "b": b} for a, b in itertools.product(A_CHOICES, B_CHOICES)]
+FEATURES = {"size": 1.0}
+
+
+def _value(config: dict[str, Any]) -> float:
+    return A_CHOICES.index(config["a"]) + 0.5 * config["b"]
+
+
+def _objective(trial: optuna.trial.Trial) -> float:
+    return _value({name: trial.suggest_categorical(name, d.choices) for name, d in SPACE.items()})
+
+
+def _corpus(n_datasets: int) -> Corpus:
+    """Datasets over SPACE whose scores shift with the feature ``size``."""
+    datasets = [
+        DatasetRuns(
+            f"d{i}",
+            "maximize",
+            {"size": float(i)},
+            GRID * 2,
+            [_value(c) + 10 * i + 0.01 * k for k, c in enumerate(GRID * 2)],
+        )
+        for i in range(n_datasets)
+    ]
+    return Corpus(dict(SPACE), datasets)
+
+
+@pytest.fixture(scope="module")
+def prior() -> Prior:
+    fitted = fit_prior(_corpus(3), grid=[TreeParams(n_estimators=5)], n_models=1)
+    assert "size" in fitted.ranker.kept_columns
+    return fitted
+
+
+@pytest.fixture
+def study() -> optuna.Study:
+    """A study with history (two COMPLETE trials and a study attr) to keep intact."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    study.set_user_attr("owner", "me")
+    study.optimize(_objective, n_trials=2)
+    return study
+
+
+def _snapshot(study: optuna.Study) -> tuple[Any, ...]:
+    """What a bad input must leave unchanged: the study's attrs and every trial."""
+    trials = [
+        (t.number, t.state, t.params, t.user_attrs, t.values, t.intermediate_values)
+        for t in study.get_trials(deepcopy=True)
+    ]
+    return dict(study.user_attrs), trials
+
+
+# --- the prior's files ------------------------------------------------------------------------
+
+
+def test_missing_prior_directory_names_the_file_and_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere/ranker\.json not found.*fit-prior"):
+        Prior.load(tmp_path / "nowhere")
+
+
+def test_corrupt_prior_files_name_the_file_and_the_command(prior, tmp_path):
+    prior.save(tmp_path)
+    (tmp_path / "prior.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"prior\.json is not a prior record.*fit-prior"):
+        Prior.load(tmp_path)
+    (tmp_path / "prior.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"prior\.json is not a prior record.*fit-prior"):
+        Prior.load(tmp_path)
+    prior.save(tmp_path)
+    (tmp_path / "ranker-0.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"corrupt or incompatible prior.*fit-prior"):
+        Prior.load(tmp_path)
+
+
+def test_a_prior_from_another_minor_version_is_refused(prior, tmp_path):
+    prior.save(tmp_path)
+    record = json.loads((tmp_path / "prior.json").read_text())
+    current = optuna_autopipe.__version__
+    assert record["versions"]["optuna_autopipe"] == current
+    major, minor = (int(part) for part in current.split(".")[:2])
+    record["versions"]["optuna_autopipe"] = f"{major}.{minor}.999"  # a patch release: fine
+    (tmp_path / "prior.json").write_text(json.dumps(record))
+    assert Prior.load(tmp_path).record["versions"]["optuna_autopipe"] == f"{major}.{minor}.999"
+    for other in (f"{major}.{minor + 1}.0", f"{major + 1}.{minor}.0"):
+        record["versions"]["optuna_autopipe"] = other
+        (tmp_path / "prior.json").write_text(json.dumps(record))
+        message = f"prior.json was written by optuna-autopipe {other}; this is {current}"
+        with pytest.raises(
+            ValueError, match=re.escape(message) + ".*Refit with `autopipe fit-prior`"
+        ):
+            Prior.load(tmp_path)
+
+
+# --- the search space and the dataset profile -------------------------------------------------
+
+
+def test_a_search_space_lacking_prior_parameters_is_refused_before_any_trial(prior, study):
+    before = _snapshot(study)
+    with pytest.raises(ValueError, match=r"lacks parameters the prior scores: \['b'\].*fit-prior"):
+        AutoPipeSampler(prior, FEATURES, search_space={"a": SPACE["a"]})
+    assert _snapshot(study) == before
+
+
+def test_an_inferred_space_lacking_prior_parameters_fails_only_the_trial_meeting_it(prior):
+    study = optuna.create_study(sampler=AutoPipeSampler(prior, FEATURES, seed=0))
+    study.optimize(lambda t: A_CHOICES.index(t.suggest_categorical("a", A_CHOICES)), n_trials=1)
+    before = _snapshot(study)
+    with pytest.raises(ValueError, match=r"lacks parameters the prior scores: \['b'\]"):
+        study.optimize(lambda t: A_CHOICES.index(t.suggest_categorical("a", A_CHOICES)), n_trials=1)
+    failed = study.trials[-1]
+    assert failed.state == TrialState.FAIL and not failed.params and not failed.user_attrs
+    assert _snapshot(study)[1][:-1] == before[1] and _snapshot(study)[0] == before[0]
+
+
+def test_an_unseen_categorical_choice_is_refused_before_any_trial(prior, study):
+    before = _snapshot(study)
+    space = {**SPACE, "a": CategoricalDistribution((*A_CHOICES, "s"))}
+    with pytest.raises(ValueError, match=r"'a' has value 's'.*known choices: \['p', 'q', 'r'\]"):
+        AutoPipeSampler(prior, FEATURES, search_space=space)
+    with pytest.raises(ValueError, match=r"'a' has value 's'.*Refit the prior"):
+        prior.score([{"a": "s", "b": 1}], FEATURES)
+    assert _snapshot(study) == before
+
+
+def test_a_profile_missing_prior_features_is_refused_before_any_trial(prior, study):
+    before = _snapshot(study)
+    for dataset in (None, {"rows": 3.0}, DatasetProfile(name="new", features={"rows": 3.0})):
+        with pytest.raises(ValueError, match=r"lacks 1 feature\(s\) the prior uses: \['size'\]"):
+            AutoPipeSampler(prior, dataset)
+    assert _snapshot(study) == before
+
+
+def test_a_nan_profile_feature_is_scored_as_missing(prior):
+    profile = DatasetProfile(name="new", features={"size": None})
+    assert math.isnan(profile.features["size"])
+    study = optuna.create_study(direction="maximize", sampler=AutoPipeSampler(prior, profile))
+    study.optimize(_objective, n_trials=4)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert np.isfinite([t.user_attrs["autopipe:prior_score"] for t in study.trials]).all()
+
+
+def test_infinite_or_non_numeric_profile_features_are_refused():
+    with pytest.raises(ValueError, match="Feature 'size' is infinite; use NaN"):
+        DatasetProfile(name="new", features={"size": math.inf})
+    with pytest.raises(ValueError, match="Feature 'size' must be a number or None"):
+        DatasetProfile(name="new", features={"size": "big"})
+
+
+def test_a_malformed_profile_attr_names_the_study_and_leaves_it_intact(study):
+    for bad in ("{not json", {"size": "big"}, [1.0]):
+        study.set_user_attr(PROFILE_ATTR, bad)
+        before = _snapshot(study)
+        with pytest.raises(ValueError, match=rf"Study '{study.study_name}': user attr"):
+            Corpus.from_studies(study._storage, [study.study_name])
+        assert _snapshot(study) == before
+
+
+# --- the corpus -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_datasets", [0, 1])
+def test_an_empty_or_one_dataset_corpus_cannot_fit_a_prior(n_datasets):
+    with pytest.raises(ValueError, match=f"at least 2 datasets.*has {n_datasets} usable"):
+        fit_prior(_corpus(n_datasets))
+
+
+def test_an_empty_study_list_gives_an_empty_corpus_that_cannot_fit_a_prior():
+    corpus = Corpus.from_studies(optuna.storages.InMemoryStorage(), [])
+    with pytest.raises(ValueError, match=r"at least 2 datasets.*Add studies of other datasets"):
+        fit_prior(corpus)
+
+
+@pytest.mark.parametrize("score", [math.nan, math.inf, -math.inf])
+def test_non_finite_corpus_scores_are_refused_naming_the_file_and_dataset(tmp_path, score):
+    with pytest.raises(ValueError, match=r"Dataset 'd0' has 1 non-finite scores.*rows \[3\]"):
+        DatasetRuns("d0", "maximize", {}, GRID[:4], [1.0, 2.0, 3.0, score])
+    path = tmp_path / "corpus.jsonl"
+    _corpus(2).save(path)
+    lines = path.read_text().splitlines()
+    run = json.loads(lines[2])
+    lines[2] = json.dumps({**run, "score": score})  # NaN / Infinity, as json.dumps writes them
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: Dataset 'd0' has 1 non-fin"):
+        Corpus.load(path)
+
+
+# --- what trials return and record ------------------------------------------------------------
+
+
+def test_nan_fails_and_inf_completes_and_the_sampler_and_corpus_ignore_both(prior):
+    sampler = AutoPipeSampler(prior, FEATURES, seed=0, n_startup=1)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    bad = {0: math.nan, 1: math.inf, 2: -math.inf}
+    study.optimize(lambda t: bad.get(t.number, _objective(t)), n_trials=5)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL] + [TrialState.COMPLETE] * 4  # Optuna: NaN -> FAIL
+    assert [t.value for t in study.trials[1:3]] == [math.inf, -math.inf]
+    for trial in study.trials[3:]:
+        explained = [trial.user_attrs[f"autopipe:{n}"] for n in ("gp_mean", "acquisition")]
+        assert np.isfinite(explained).all()
+    runs = Corpus.from_studies(study._storage, [study.study_name]).dataset(study.study_name)
+    assert len(runs.configs) == 2 and np.isfinite(runs.scores).all()
+
+
+def test_trials_pruned_before_any_dynamics_are_ignored(prior):
+    sampler = AutoPipeSampler(prior, FEATURES, seed=0)
+
+    def pruned_early(trial: optuna.trial.Trial) -> float:
+        _objective(trial)
+        hook = AutoPipeEarlyStop(trial, fraction=0.5, total_steps=10)
+        if trial.number == 0:
+            raise optuna.TrialPruned()  # before the hook saw anything
+        hook.prune()  # the study's pruner, before any step was logged
+        hook.finish()
+        return 0.0
+
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(pruned_early, n_trials=2)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+    assert TrainingDynamics.from_json(study.trials[1].user_attrs[DYNAMICS_ATTR]).metrics == {}
+    with pytest.raises(ValueError, match=r"nothing to recommend\. Run some trials first"):
+        sampler.recommend(study)
+    before = _snapshot(study)
+    corpus = Corpus.from_studies(study._storage, [study.study_name])
+    assert corpus.dataset(study.study_name).configs == []
+    assert _snapshot(study) == before
+    study.optimize(_objective, n_trials=1)  # the next suggestion is unaffected
+    assert study.trials[-1].state == TrialState.COMPLETE
+
+
+def test_malformed_dynamics_are_refused_by_the_parser_and_skipped_in_a_corpus(
+    study, caplog, tmp_path
+):
+    with pytest.raises(ValueError, match=r"trial 1 is not a training-dynamics record.*total_steps"):
+        TrainingDynamics.from_json('{"metrics": {}}', source="trial 1")
+    broken = optuna.trial.create_trial(
+        params=GRID[0], distributions=SPACE, value=1.0, user_attrs={DYNAMICS_ATTR: "{broken"}
+    )
+    study.add_trial(broken)
+    before = _snapshot(study)
+    with caplog.at_level("WARNING", logger="optuna_autopipe.corpus"):
+        runs = Corpus.from_studies(study._storage, [study.study_name]).dataset(study.study_name)
+    assert "trial 2 is not a training-dynamics record" in caplog.text
+    assert "kept without dynamics" in caplog.text
+    assert len(runs.configs) == 3 and runs.dynamics == [None] * 3
+    assert _snapshot(study) == before
+    path = tmp_path / "corpus.jsonl"
+    _corpus(2).save(path)
+    lines = path.read_text().splitlines()
+    lines[2] = json.dumps({**json.loads(lines[2]), "dynamics": {"steps": 3}})
+    path.write_text("\n".join(lines) + "\n")
+    message = f"{path}: a run of d0 is not a training-dynamics record"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Corpus.load(path)
+
+
+# --- the pipeline's data files ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> DatasetFiles:
+    folder = tmp_path_factory.mktemp("data")
+    return write_dataset("compare", folder, n_sft=16, n_rl=4, n_eval=4, seed=0)
+
+
+def _pipeline(files: DatasetFiles, tmp_path: Path, **paths: Path) -> PostTrainingObjective:
+    config = {
+        "base_model": "tiny/llama-0.1m",
+        "sft_epoch": 1,
+        "sft_batch": 8,
+        "sft_lr": 3e-3,
+        "rl_batch": 8,
+        "rl_lr": 1e-4,
+        "rl_beta": 0.05,
+        "rl_rollouts": 4,
+        "rl_temp": 0.9,
+    }
+    return PostTrainingObjective(
+        sft_data=paths.get("sft", files.sft),
+        rl_data=paths.get("rl", files.rl),
+        eval_suite=EvalSuite(benchmarks=files.eval, temperature=0.0),
+        space={name: CategoricalDistribution([value]) for name, value in config.items()},
+        early_stop=None,
+        output_dir=tmp_path / "out",
+        device="cpu",
+    )
+
+
+def _jsonl(path: Path, records: list[Any]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["sft", "rl"])
+def test_missing_or_empty_training_data_names_the_file(files, tmp_path, kind):
+    missing = tmp_path / "missing.jsonl"
+    message = f"{kind.upper()} data file not found: {missing}"
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        _pipeline(files, tmp_path, **{kind: missing})
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match=re.escape(f"{kind.upper()} data {empty} has no records")):
+        _pipeline(files, tmp_path, **{kind: empty})
+
+
+@pytest.mark.parametrize(
+    ("kind", "record", "message"),
+    [
+        ("sft", {"prompt": "p", "response": "r"}, "missing key 'completion'"),
+        ("sft", {"messages": [{"role": "user", "content": "p"}]}, "missing key 'prompt'"),
+        ("rl", {"prompt": "p", "answer": 4}, "'answer' must be a string, got int"),
+        ("rl", ["p", "a"], "expected a JSON object, got list"),
+    ],
+)
+def test_training_data_with_a_wrong_schema_names_the_file_line_and_key(
+    files, tmp_path, kind, record, message
+):
+    good = {
+        "sft": {"prompt": "p", "completion": "c\nAnswer: A"},
+        "rl": {"prompt": "p", "answer": "A"},
+    }
+    path = _jsonl(tmp_path / "wrong.jsonl", [good[kind], record])
+    where = re.escape(f"{kind.upper()} data {path}, line 2: {message}")
+    with pytest.raises(ValueError, match=where):
+        _pipeline(files, tmp_path, **{kind: path})
+
+
+def test_sft_completions_without_a_final_answer_line_warn_with_the_records(files, tmp_path):
+    records = [
+        {"prompt": "p", "completion": "37 is largest.\nAnswer: B\n\n"},
+        {"prompt": "p", "completion": "The answer is B."},
+        {"prompt": "p", "completion": "Answer: B\nbecause 37 is largest"},
+    ]
+    path = _jsonl(tmp_path / "sft.jsonl", records)
+    message = f"SFT data {path}: 2 of 3 completions (records [2, 3]) do not end with an"
+    with pytest.warns(UserWarning, match=re.escape(message)):
+        objective = _pipeline(files, tmp_path, sft=path)
+    assert len(objective.sft_records) == 3  # a warning: the data is still used
+
+
+def test_an_eval_benchmark_without_examples_names_the_file(files, tmp_path):
+    empty = tmp_path / "eval_empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match=re.escape(f"eval data {empty} has no records")):
+        EvalSuite(benchmarks=(*files.eval, empty))
+    with pytest.raises(ValueError, match="at least one benchmark"):
+        EvalSuite(benchmarks=())
+
+
+def test_out_of_memory_in_sft_fails_the_trial_not_the_study(files, tmp_path, monkeypatch):
+    def out_of_memory(**_: Any) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(objective_module, "run_sft", out_of_memory)
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)}, value=0.5
+        )
+    )
+    before = _snapshot(study)
+    study.optimize(_pipeline(files, tmp_path), n_trials=2)
+    assert [t.state for t in study.trials[1:]] == [TrialState.FAIL] * 2
+    failure = study.trials[1].user_attrs[FAILURE_ATTR]
+    assert failure == {
+        "stage": "sft",
+        "kind": "out_of_memory",
+        "reason": "CUDA out of memory. Tried to allocate 2.00 GiB",
+    }
+    assert _snapshot(study)[1][:1] == before[1] and _snapshot(study)[0] == before[0]
+
+
+# --- benchmarks and the command line ----------------------------------------------------------
+
+
+def test_missing_benchmark_data_names_the_file_and_the_download_command(tmp_path, capsys):
+    with pytest.raises(BenchmarkDataError, match=r"nmtlc-scratch\.jsonl\.gz not found.*download"):
+        load_benchmark("nmt", data_dir=tmp_path)
+    out = tmp_path / "out"
+    argv = ["bench", "--benchmark", "nmt", "--methods", "tpe", "--out", str(out)]
+    assert main([*argv, "--data-dir", str(tmp_path), "--workers", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("autopipe: error: Benchmark data file")
+    assert "`autopipe data download --benchmark nmt --data-dir DIR`" in error
+    assert not out.exists()  # no storage was created
+
+
+def test_unknown_command_line_arguments_exit_2_with_the_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--bogus"])
+    assert exit_info.value.code == 2
+    assert "the following arguments are required: --out, --benchmark" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--benchmark", "nmt", "--out", str(tmp_path), "--bogus"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--benchmark", "mnist", "--out", str(tmp_path)])
+    assert "invalid choice: 'mnist'" in capsys.readouterr().err
