@@ -8,6 +8,8 @@
     autopipe fit-prior (--storage URL --studies A,B,... | --benchmark NAME) --out DIR
     autopipe prior-report --benchmark {nmt,lcbench} --out DIR
     autopipe data download --benchmark {nmt,lcbench} --data-dir DIR
+    autopipe worker --storage URL --study NAME --objective MODULE:CALLABLE [--prior DIR] \
+        [--dataset-profile FILE] [--n-trials N] [--max-trials N] [--heartbeat-interval S]
 """
 
 from __future__ import annotations
@@ -111,6 +113,31 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     fetch.add_argument("--data-dir", required=True)
     fetch.add_argument("--overwrite", action="store_true")
+
+    worker = commands.add_parser(
+        "worker", help="run trials of a shared study (one process per GPU or machine)"
+    )
+    worker.add_argument(
+        "--storage", required=True, help="RDB URL (postgresql+psycopg2://...) or journal file"
+    )
+    worker.add_argument("--study", required=True, help="name of an existing study")
+    worker.add_argument("--objective", required=True, help="MODULE:CALLABLE taking a trial")
+    worker.add_argument("--prior", default=None, help="directory of a saved prior")
+    worker.add_argument("--dataset-profile", default=None, help="DatasetProfile JSON file")
+    worker.add_argument("--search-space", default=None, help="MODULE:NAME of {param: distribution}")
+    worker.add_argument("--n-trials", type=_positive, default=None, help="trials of this worker")
+    worker.add_argument(
+        "--max-trials", type=_positive, default=None, help="stop at N COMPLETE+PRUNED trials"
+    )
+    worker.add_argument("--budget", type=_positive, default=None, help="the sampler's budget")
+    worker.add_argument("--seed", type=int, default=None)
+    worker.add_argument(
+        "--heartbeat-interval", type=_positive, default=60, help="seconds (RDB storage only)"
+    )
+    worker.add_argument(
+        "--grace-period", type=_positive, default=None, help="default: 2 x heartbeat interval"
+    )
+    worker.add_argument("--max-retry", type=int, default=3, help="re-runs of a dead worker's trial")
     return parser
 
 
@@ -159,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "corpus":
             return _generate_corpus(args)
+        if args.command == "worker":
+            return _worker(args)
         return _bench(args)
     except (BenchmarkDataError, ValueError) as exc:
         print(f"autopipe: error: {exc}", file=sys.stderr)
@@ -208,6 +237,28 @@ def _generate_corpus(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(f"wrote {path}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from optuna_autopipe.worker import worker_main
+
+    ran = worker_main(
+        args.storage,
+        args.study,
+        args.objective,
+        prior_dir=args.prior,
+        profile_path=args.dataset_profile,
+        search_space_spec=args.search_space,
+        n_trials=args.n_trials,
+        max_trials=args.max_trials,
+        budget=args.budget,
+        seed=args.seed,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
+        max_retry=args.max_retry,
+    )
+    print(f"worker {os.getpid()}: ran {ran} trials of study {args.study!r}")
     return 0
 
 

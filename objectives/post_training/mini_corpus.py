@@ -232,6 +232,7 @@ def generate(
         "scale": asdict(scale),
         "seed": seed,
         "wall_seconds_this_call": round(time.time() - started),
+        **_run_record(storage, datasets),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
         "python": platform.python_version(),
         "versions": _versions(),
@@ -239,6 +240,27 @@ def generate(
     }
     (out / "generation.json").write_text(json.dumps(record, indent=1))
     return path
+
+
+def _run_record(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> dict[str, Any]:
+    """Counts and times over every run in the journal (all calls of a resumed generation)."""
+    trials = [
+        t
+        for task in datasets
+        for t in optuna.load_study(study_name=study_name(task), storage=storage).trials
+        if t.datetime_complete is not None
+    ]
+    if not trials:
+        return {}
+    first = min(t.datetime_start for t in trials)
+    last = max(t.datetime_complete for t in trials)
+    return {
+        "runs_complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "runs_failed": sum(FAILURE_ATTR in t.user_attrs for t in trials),
+        "first_run_started": first.isoformat(timespec="seconds"),
+        "last_run_finished": last.isoformat(timespec="seconds"),
+        "pipeline_seconds_total": round(sum(float(t.user_attrs.get("cost", 0)) for t in trials)),
+    }
 
 
 def _versions() -> dict[str, str]:
