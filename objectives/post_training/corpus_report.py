@@ -20,6 +20,8 @@ from objectives.post_training.mini_corpus import (
     objective,
     study_name,
 )
+from objectives.post_training.objective import COST_ATTR
+from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 
 SEEDS_SUFFIX = "-seeds"
 
@@ -62,6 +64,36 @@ def seed_spread(
     return study
 
 
+def _cost_table(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> list[str]:
+    """SFT sequences/s (planned steps x effective batch / SFT seconds), RL and eval seconds."""
+    rows: dict[str, list[tuple[float, float, float, float]]] = {}
+    for task in datasets:
+        study = optuna.load_study(study_name=study_name(task), storage=storage)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            cost = t.user_attrs[COST_ATTR]
+            steps = TrainingDynamics.from_json(t.user_attrs[DYNAMICS_ATTR]).total_steps
+            rows.setdefault(t.params["base_model"], []).append(
+                (
+                    steps * t.params["sft_batch"] / cost["sft"]["seconds"],
+                    cost["rl"]["seconds"],
+                    cost["eval"]["seconds"],
+                    max(stage["peak_memory_gb"] for stage in cost.values()),
+                )
+            )
+    lines = [
+        "| base model | runs | SFT sequences/s | RL s | eval s | peak memory GB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, values in sorted(rows.items()):
+        a = np.array(values)
+        med = np.median(a, axis=0)
+        lines.append(
+            f"| {model} | {len(a)} | {med[0]:.0f} | {med[1]:.1f} | {med[2]:.1f} | "
+            f"{a[:, 3].max():.2f} |"
+        )
+    return lines
+
+
 def report(out: str | Path, datasets: Sequence[str]) -> str:
     """Markdown tables for the corpus in ``out`` (its journal)."""
     storage = journal(Path(out))
@@ -101,6 +133,8 @@ def report(out: str | Path, datasets: Sequence[str]) -> str:
             f"{v}: {np.mean(s):.3f} (n={len(s)})" for v, s in sorted(by_value[name].items())
         )
         lines.append(f"- {name}: {cells}")
+    lines += ["", "Cost per stage by base model (median over runs; memory: largest peak):", ""]
+    lines += _cost_table(storage, datasets)
     spread = [d for d in datasets if study_name(d) + SEEDS_SUFFIX in names]
     if spread:
         lines += ["", "Seed-to-seed spread (same configuration, other seeds):", ""]
