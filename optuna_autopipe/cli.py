@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--budget", type=_positive, default=10, help="early-stopped trials")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1")
 
     corpus = commands.add_parser("corpus", help="the mini corpus of real pipeline runs")
     corpus_commands = corpus.add_subparsers(dest="corpus_command", required=True)
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from objectives.post_training.demo import run_demo
 
-            run_demo(args.out, budget=args.budget, seed=args.seed)
+            run_demo(args.out, budget=args.budget, seeds=range(args.seeds))
             return 0
         if args.command == "corpus":
             return _generate_corpus(args)

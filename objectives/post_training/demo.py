@@ -2,6 +2,9 @@
 
 1. The prior is fitted on the bundled mini corpus (``bundled/corpus.jsonl``: the pipeline
    run on ``CORPUS_DATASETS``), or loaded from ``out/prior`` when already fitted.
+
+Then per seed (default 0, 1, 2; one study per method and seed):
+
 2. AutoPipe: ``budget`` trials stopped at 50% of SFT (PRUNED, proxy in user attrs), then
    ``verify`` promotes the recommended configuration to one full run (SFT resumes from the
    early stop's checkpoint, then GRPO and lm-eval).
@@ -12,9 +15,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -37,9 +42,11 @@ BUNDLED = Path(__file__).parent / "bundled"
 
 @dataclass(frozen=True)
 class Outcome:
-    """One method's result: trials run, pipeline seconds spent, best full-fidelity score."""
+    """One method's result on one seed: trials run, pipeline seconds spent, best full-fidelity
+    score (AutoPipe: its one verification run)."""
 
     method: str
+    seed: int
     trials: int
     full_runs: int
     seconds: float
@@ -50,10 +57,11 @@ def _spent(study: optuna.Study) -> float:
     return sum(float(t.user_attrs.get("cost", 0.0)) for t in study.trials)
 
 
-def _outcome(method: str, study: optuna.Study) -> Outcome:
+def _outcome(method: str, seed: int, study: optuna.Study) -> Outcome:
     full = [t for t in study.trials if t.state == TrialState.COMPLETE]
     return Outcome(
         method=method,
+        seed=seed,
         trials=len(study.trials),
         full_runs=len(full),
         seconds=_spent(study),
@@ -71,8 +79,10 @@ def load_prior(out: Path) -> Prior:
     return prior
 
 
-def run_demo(out: str | Path = "runs/demo", *, budget: int = 10, seed: int = 0) -> list[Outcome]:
-    """Run both studies into ``out/demo.db`` and return their outcomes."""
+def run_demo(
+    out: str | Path = "runs/demo", *, budget: int = 10, seeds: Sequence[int] = (0, 1, 2)
+) -> list[Outcome]:
+    """Run both studies per seed into ``out/demo.db``, print the comparison, return it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{out / 'demo.db'}"
@@ -83,44 +93,56 @@ def run_demo(out: str | Path = "runs/demo", *, budget: int = 10, seed: int = 0) 
     files = dataset_files(out, DEMO_DATASET, scale)
     dataset = profile(name, files)
     print(f"prior ready ({time.time() - started:.0f} s); new dataset: {name}")
-
-    sampler = AutoPipeSampler(prior, dataset, budget=budget, seed=seed, search_space=tiny_space())
-    autopipe = optuna.create_study(
-        study_name=f"autopipe-{name}-seed{seed}",
-        storage=storage,
-        direction="maximize",
-        sampler=sampler,
-        pruner=optuna.pruners.NopPruner(),
-        load_if_exists=True,
+    early = objective(
+        files, scale, output_dir=out / "work", regressor=prior.regressor, dataset=dataset
     )
-    dataset.to_study(autopipe)
-    work = out / "work"
-    early = objective(files, scale, output_dir=work, regressor=prior.regressor, dataset=dataset)
-    remaining = budget - len(autopipe.trials)
-    if remaining > 0:
-        autopipe.optimize(early, n_trials=remaining, show_progress_bar=True)
-    if not any(t.state == TrialState.COMPLETE for t in autopipe.trials):
-        verify(autopipe, sampler.recommend(autopipe))
-        autopipe.optimize(early, n_trials=1)
-    result = _outcome("autopipe", autopipe)
+    full = objective(files, scale, output_dir=out / "work", early_stop=None)
 
-    tpe = optuna.create_study(
-        study_name=f"tpe-{name}-seed{seed}",
-        storage=storage,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.NopPruner(),
-        load_if_exists=True,
-    )
-    full = objective(files, scale, output_dir=work, early_stop=None)
-    while not tpe.trials or _spent(tpe) < result.seconds:
-        tpe.optimize(full, n_trials=1, show_progress_bar=True)
-    outcomes = [result, _outcome("tpe", tpe)]
+    def study(method: str, seed: int, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+        return optuna.create_study(
+            study_name=f"{method}-{name}-seed{seed}",
+            storage=storage,
+            direction="maximize",
+            sampler=sampler,
+            pruner=optuna.pruners.NopPruner(),
+            load_if_exists=True,
+        )
+
+    outcomes = []
+    for seed in seeds:
+        sampler = AutoPipeSampler(
+            prior, dataset, budget=budget, seed=seed, search_space=tiny_space()
+        )
+        autopipe = study("autopipe", seed, sampler)
+        dataset.to_study(autopipe)
+        remaining = budget - len(autopipe.trials)
+        if remaining > 0:
+            autopipe.optimize(early, n_trials=remaining, show_progress_bar=True)
+        if not any(t.state == TrialState.COMPLETE for t in autopipe.trials):
+            verify(autopipe, sampler.recommend(autopipe))
+            autopipe.optimize(early, n_trials=1)
+        outcomes.append(_outcome("autopipe", seed, autopipe))
+        tpe = study("tpe", seed, optuna.samplers.TPESampler(seed=seed))
+        while not tpe.trials or _spent(tpe) < outcomes[-1].seconds:
+            tpe.optimize(full, n_trials=1, show_progress_bar=True)
+        outcomes.append(_outcome("tpe", seed, tpe))
 
     print(f"\nAutoPipe vs TPE on {name} (mean exact match of the eval suite):")
-    print(f"{'method':10} {'trials':>6} {'full runs':>9} {'pipeline s':>10} {'best score':>10}")
+    print(
+        f"{'method':10} {'seed':>4} {'trials':>6} {'full runs':>9} {'pipeline s':>10} {'score':>6}"
+    )
     for o in outcomes:
-        print(f"{o.method:10} {o.trials:6d} {o.full_runs:9d} {o.seconds:10.0f} {o.score:10.3f}")
+        print(
+            f"{o.method:10} {o.seed:4d} {o.trials:6d} {o.full_runs:9d} {o.seconds:10.0f} "
+            f"{o.score:6.3f}"
+        )
+    for method in ("autopipe", "tpe"):
+        mine = [o for o in outcomes if o.method == method]
+        scores = [o.score for o in mine]
+        print(
+            f"{method:10} mean {np.mean(scores):.3f} (min {min(scores):.3f}, max "
+            f"{max(scores):.3f}), {np.mean([o.seconds for o in mine]):.0f} pipeline s per seed"
+        )
     print(f"wall time: {time.time() - started:.0f} s")
-    print(f"\nView both studies:\n  optuna-dashboard {storage}")
+    print(f"\nView the studies:\n  optuna-dashboard {storage}")
     return outcomes

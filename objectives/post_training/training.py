@@ -80,10 +80,12 @@ class Hardware:
 def load_model(name: str, hardware: Hardware) -> tuple[Any, Any]:
     """Model and tokenizer for a hub name, a local folder or ``tiny/<name>``."""
     import torch
+    from datasets.utils.logging import disable_progress_bar
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    disable_progress_bar()
     path = resolve_model(name)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
