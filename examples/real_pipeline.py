@@ -20,7 +20,7 @@ from optuna.distributions import CategoricalDistribution
 from objectives.post_training.demo import load_prior
 from objectives.post_training.evaluation import EvalSuite
 from objectives.post_training.objective import PostTrainingObjective
-from objectives.post_training.search_space import paper_space, tiny_space
+from objectives.post_training.search_space import SFT_PARAMETERS, paper_space, tiny_space
 from objectives.post_training.tasks import write_dataset
 from optuna_autopipe.early_stop import verify
 from optuna_autopipe.prior import Prior
@@ -59,7 +59,14 @@ objective = PostTrainingObjective(
     output_dir=out,
     rl_max_steps=None if args.sft else 2,
 )
-sampler = AutoPipeSampler(prior, dataset, budget=args.trials, seed=0, search_space=space)
+sampler = AutoPipeSampler(
+    prior,
+    dataset,
+    budget=args.trials,
+    seed=0,
+    search_space=space,
+    early_stop_params=SFT_PARAMETERS,  # a stop inside SFT sees nothing of the RL settings
+)
 study = optuna.create_study(
     study_name="real-pipeline",
     storage=f"sqlite:///{out / 'studies.db'}",

@@ -48,7 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_autopipe._storage_attrs import set_trial_user_attrs
 from optuna_autopipe.acquisition import Schedule, offset, ucb
 from optuna_autopipe.candidates import base_candidates, config_key, perturb, product_size
-from optuna_autopipe.early_stop import PRIOR_SCORE_ATTR, proxy_of
+from optuna_autopipe.early_stop import PRIOR_SCORE_ATTR, STOP_STEP_ATTR, proxy_of
 from optuna_autopipe.prior import Prior
 from optuna_autopipe.profile import DatasetProfile
 from optuna_autopipe.residual_gp import ResidualGP
@@ -93,6 +93,11 @@ class AutoPipeSampler(BaseSampler):
         n_samples: Sobol candidates of a larger or continuous space.
         full_noise: variance of a full-fidelity observation, in z units.
         noise_floor: least variance of any observation.
+        early_stop_params: the parameters an early-stopped trial's observation depends on
+            (for the SFT → RL pipeline, the SFT ones: ``search_space.SFT_PARAMETERS``). A
+            candidate that agrees on all of them with an early-stopped (or running) trial is
+            not proposed while any other is free: the stop cannot tell the two apart.
+            ``None``: every parameter counts.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class AutoPipeSampler(BaseSampler):
         n_samples: int = 2048,
         full_noise: float = 0.1,
         noise_floor: float = 0.01,
+        early_stop_params: Sequence[str] | None = None,
     ) -> None:
         if prior is None and not bo:
             raise ValueError("bo=False takes the prior's top configurations: it needs a prior.")
@@ -145,6 +151,7 @@ class AutoPipeSampler(BaseSampler):
         self.n_samples = n_samples
         self.full_noise = full_noise
         self.noise_floor = noise_floor
+        self.early_stop_params = None if early_stop_params is None else tuple(early_stop_params)
         self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._independent = RandomSampler(seed=seed)
         self._warned: set[str] = set()
@@ -233,6 +240,8 @@ class AutoPipeSampler(BaseSampler):
             prior = np.concatenate([prior, self._prior_scores(extra, base)])
         occupied = self._occupied(trials, trial, space)
         free = np.array([k not in occupied for k in keys])
+        unseen = free & self._unobserved(trials, trial, configs)
+        free = unseen if unseen.any() else free
         exhausted = not free.any()
         if exhausted:
             _logger.warning(
@@ -455,6 +464,28 @@ class AutoPipeSampler(BaseSampler):
         distance = np.linalg.norm(np.nan_to_num(x[pool, None, :] - tried[None, :, :]), axis=2)
         score[pool] = distance.min(axis=1)
         return score
+
+    def _unobserved(
+        self, trials: Sequence[FrozenTrial], current: FrozenTrial, configs: list[dict[str, Any]]
+    ) -> np.ndarray:
+        """Per candidate: whether no early-stopped or running trial agrees with it on
+        ``early_stop_params`` (all True when the option is off)."""
+        names = self.early_stop_params
+        if not names:
+            return np.ones(len(configs), dtype=bool)
+        seen = {
+            config_key({n: t.params[n] for n in names})
+            for t in trials
+            if t.number != current.number
+            and set(names) <= set(t.params)
+            and (
+                t.state == TrialState.RUNNING
+                or (t.state == TrialState.PRUNED and STOP_STEP_ATTR in t.user_attrs)
+            )
+        }
+        if not seen:
+            return np.ones(len(configs), dtype=bool)
+        return np.array([config_key({n: c[n] for n in names}) not in seen for c in configs])
 
     @staticmethod
     def _occupied(

@@ -31,6 +31,7 @@ from optuna_autopipe.early_stop import (
     PROXY_ATTR,
     PROXY_VARIANCE_ATTR,
     RESIDUAL_ATTR,
+    STOP_STEP_ATTR,
     AutoPipeEarlyStop,
 )
 from optuna_autopipe.ensemble import TreeParams
@@ -775,3 +776,21 @@ def test_a_multi_objective_study_is_refused():
 def test_bad_numeric_options_are_rejected_with_their_name(option, value):
     with pytest.raises(ValueError, match=option):
         AutoPipeSampler(**{option: value})
+
+
+def test_early_stop_params_skip_configurations_the_stop_cannot_tell_apart():
+    space = {"sft": CategoricalDistribution([0, 1, 2]), "rl": CategoricalDistribution([0, 1, 2])}
+    sampler = AutoPipeSampler(seed=0, search_space=space, early_stop_params=("sft",))
+    study = optuna.create_study(sampler=sampler)
+    stopped = {"state": TrialState.PRUNED, "user_attrs": {STOP_STEP_ATTR: 5}}
+    for (sft, rl), kind in [((0, 0), stopped), ((1, 0), stopped)] + [
+        ((2, rl), {"state": TrialState.COMPLETE, "value": float(rl)}) for rl in (0, 1)
+    ]:
+        study.add_trial(create_trial(params={"sft": sft, "rl": rl}, distributions=space, **kind))
+    free = [{"sft": s, "rl": r} for s, r in [(0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]]
+    mask = sampler._unobserved(study.trials, study.trials[-1], free)
+    assert mask.tolist() == [False, False, False, False, True]  # full runs do not count
+    assert study.ask(space).params == {"sft": 2, "rl": 2}  # the one free unobserved SFT setting
+    # every SFT setting observed or running: the other free configurations come back
+    fourth = study.ask(space).params
+    assert fourth in free[:4]

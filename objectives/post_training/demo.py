@@ -31,7 +31,7 @@ from objectives.post_training.mini_corpus import (
     objective,
     profile,
 )
-from objectives.post_training.search_space import tiny_space
+from objectives.post_training.search_space import SFT_PARAMETERS, tiny_space
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.early_stop import verify
 from optuna_autopipe.prior import Prior, fit_prior
@@ -111,7 +111,12 @@ def run_demo(
     outcomes = []
     for seed in seeds:
         sampler = AutoPipeSampler(
-            prior, dataset, budget=budget, seed=seed, search_space=tiny_space()
+            prior,
+            dataset,
+            budget=budget,
+            seed=seed,
+            search_space=tiny_space(),
+            early_stop_params=SFT_PARAMETERS,
         )
         autopipe = study("autopipe", seed, sampler)
         dataset.to_study(autopipe)

@@ -25,6 +25,8 @@ PAPER_MODELS = (
     "meta-llama/Llama-3.2-3B-Instruct",
     "meta-llama/Llama-3.1-8B-Instruct",
 )
+#: What an early stop inside SFT observes (``AutoPipeSampler(early_stop_params=...)``).
+SFT_PARAMETERS = ("base_model", "sft_epoch", "sft_batch", "sft_lr")
 PARAMETERS = (
     "base_model",
     "sft_epoch",
