@@ -57,6 +57,17 @@ from optuna_autopipe.space import SpaceEncoder
 _logger = logging.getLogger(__name__)
 
 CLAIM_ATTR = "autopipe:claim"
+#: The user attrs explaining each suggestion (module docstring), in this order.
+EXPLANATION_ATTRS = (
+    PRIOR_SCORE_ATTR,
+    "autopipe:gp_mean",
+    "autopipe:gp_std",
+    "autopipe:lambda",
+    "autopipe:kappa",
+    "autopipe:offset",
+    "autopipe:acquisition",
+    "autopipe:phase",
+)
 _OCCUPIED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
+from tiny_pipeline import TINY_CONFIG
 
 import optuna_autopipe
 from objectives import BenchmarkDataError, load_benchmark
@@ -303,17 +304,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> DatasetFiles:
 
 
 def _pipeline(files: DatasetFiles, tmp_path: Path, **paths: Path) -> PostTrainingObjective:
-    config = {
-        "base_model": "tiny/llama-0.1m",
-        "sft_epoch": 1,
-        "sft_batch": 8,
-        "sft_lr": 3e-3,
-        "rl_batch": 8,
-        "rl_lr": 1e-4,
-        "rl_beta": 0.05,
-        "rl_rollouts": 4,
-        "rl_temp": 0.9,
-    }
+    config = {**TINY_CONFIG, "sft_epoch": 1}
     return PostTrainingObjective(
         sft_data=paths.get("sft", files.sft),
         rl_data=paths.get("rl", files.rl),

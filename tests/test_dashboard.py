@@ -18,6 +18,9 @@ from typing import Any
 import optuna
 import pytest
 
+from optuna_autopipe.early_stop import PROXY_ATTR, PROXY_VARIANCE_ATTR
+from optuna_autopipe.sampler import EXPLANATION_ATTRS
+
 pytest.importorskip("optuna_dashboard", reason="the dashboard extra: pip install -e '.[dashboard]'")
 
 pytestmark = pytest.mark.dashboard
@@ -25,18 +28,7 @@ pytestmark = pytest.mark.dashboard
 DATASET = "ted-ru-en"
 STUDIES = {method: f"nmt/{DATASET}/{method}/seed0" for method in ("tpe", "autopipe")}
 #: What ``AutoPipeSampler`` and the early-stop hook write on each early-stopped trial.
-EXPLAIN = (
-    "autopipe:prior_score",
-    "autopipe:gp_mean",
-    "autopipe:gp_std",
-    "autopipe:lambda",
-    "autopipe:kappa",
-    "autopipe:offset",
-    "autopipe:acquisition",
-    "autopipe:phase",
-    "autopipe:proxy",
-    "autopipe:proxy_variance",
-)
+EXPLAIN = (*EXPLANATION_ATTRS, PROXY_ATTR, PROXY_VARIANCE_ATTR)
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",

@@ -9,6 +9,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
+from tiny_pipeline import TINY_CONFIG
 
 from objectives.post_training import objective as objective_module
 from objectives.post_training.evaluation import EvalSuite
@@ -28,18 +29,6 @@ from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 from optuna_autopipe.early_stop import CHECKPOINT_ATTR, STOP_STEP_ATTR, verify
 
 pytestmark = pytest.mark.slow
-
-CONFIG = {
-    "base_model": "tiny/llama-0.1m",
-    "sft_epoch": 2,
-    "sft_batch": 8,
-    "sft_lr": 3e-3,
-    "rl_batch": 8,
-    "rl_lr": 1e-4,
-    "rl_beta": 0.05,
-    "rl_rollouts": 4,
-    "rl_temp": 0.9,
-}
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +51,7 @@ def single_space(config):
 
 def make_objective(files, tmp_path, **options):
     options = {
-        "space": single_space(CONFIG),
+        "space": single_space(TINY_CONFIG),
         "eval_suite": EvalSuite(benchmarks=files.eval, temperature=0.0, max_gen_toks=24),
         "output_dir": tmp_path / "out",
         "device": "cpu",
@@ -88,7 +77,7 @@ def test_full_trial_runs_sft_grpo_and_lm_eval(files, tmp_path):
     assert TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR]).total_steps == 16
     folder = tmp_path / "out" / "full" / "trial-00000"
     record = json.loads((folder / "trial.json").read_text())
-    assert record["params"] == CONFIG and record["scores"] == scores
+    assert record["params"] == TINY_CONFIG and record["scores"] == scores
     assert not (folder / "sft" / "model").exists() and not (folder / "rl" / "model").exists()
 
 
@@ -144,7 +133,7 @@ def test_bad_inputs_name_the_input(files, tmp_path):
             rl_data=files.rl,
             eval_suite=EvalSuite(benchmarks=files.eval),
         )
-    space = single_space(CONFIG)
+    space = single_space(TINY_CONFIG)
     del space["rl_beta"]
     with pytest.raises(ValueError, match="rl_beta"):
         make_objective(files, tmp_path, space=space)

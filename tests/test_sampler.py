@@ -36,24 +36,14 @@ from optuna_autopipe.early_stop import (
 )
 from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.prior import Prior, fit_prior
-from optuna_autopipe.sampler import CLAIM_ATTR, AutoPipeSampler
+from optuna_autopipe.sampler import CLAIM_ATTR, EXPLANATION_ATTRS, AutoPipeSampler
 
 A_CHOICES = ("p", "q", "r")
 B_CHOICES = (1, 2, 3, 4)
 SPACE = {"a": CategoricalDistribution(A_CHOICES), "b": CategoricalDistribution(B_CHOICES)}
 GRID = [{"a": a, "b": b} for a, b in itertools.product(A_CHOICES, B_CHOICES)]  # 12 points
 FEATURES = {"size": 2.0}
-EXPLAIN = (
-    PRIOR_SCORE_ATTR,
-    "autopipe:gp_mean",
-    "autopipe:gp_std",
-    "autopipe:lambda",
-    "autopipe:kappa",
-    "autopipe:offset",
-    "autopipe:acquisition",
-    "autopipe:phase",
-    CLAIM_ATTR,
-)
+EXPLAIN = (*EXPLANATION_ATTRS, CLAIM_ATTR)
 
 
 def _value(config) -> float:
