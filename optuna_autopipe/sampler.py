@@ -34,7 +34,7 @@ import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -525,15 +525,22 @@ class AutoPipeSampler(BaseSampler):
 
     # --- the recommendation --------------------------------------------------------------
 
-    def recommend(self, study: optuna.Study) -> dict[str, Any]:
+    def recommend(
+        self, study: optuna.Study, *, rule: Literal["belief", "proxy"] = "proxy"
+    ) -> dict[str, Any]:
         """The configuration to verify at full fidelity (or to use).
 
         The best full-fidelity value when the study has one; otherwise, among the
-        early-stopped configurations, the one the model believes best: ẑ(x) = s(x) + b + μ(x)
-        (``residual=False`` or no prior: b + μ(x)), the GP's posterior mean at that point.
-        With honest proxy variances this shrinks a lone, noisy proxy towards the prior and
-        its neighbours instead of trusting it outright (no exploration bonus here).
+        early-stopped configurations, ``rule="proxy"`` (default): the best proxy as observed;
+        ``rule="belief"``: the one the model believes best,
+        ẑ(x) = s(x) + b + μ(x) (``residual=False`` or no prior: b + μ(x)), the GP's posterior
+        mean at that point, which shrinks a noisy proxy towards the prior and its neighbours
+        (no exploration bonus here). Measured on the replays (budget 15, 25% stops, grouped
+        LODO): proxy 0.537 vs belief 0.666 normalised regret on NMT (5 seeds), 0.233 vs 0.248
+        on LCBench (3 seeds); the belief kept the prior's top in the live demo.
         """
+        if rule not in ("belief", "proxy"):
+            raise ValueError(f"rule must be 'belief' or 'proxy', got {rule!r}.")
         trials = study.get_trials(deepcopy=False)
         space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
         observed = [o for o in (self._observation(t, space) for t in trials) if o] if space else []
@@ -547,6 +554,8 @@ class AutoPipeSampler(BaseSampler):
                 "recommend. Run some trials first."
             )
         configs = [o.config for o in observed]
+        if rule == "proxy":
+            return dict(configs[int(np.argmax([o.z for o in observed]))])
         base = self._candidates(space)
         prior = self._prior_scores(configs, base)
         encoder = SpaceEncoder(space)

@@ -625,16 +625,20 @@ def test_recommend_takes_the_best_proxy_when_no_full_trial_exists():
     _add(study, GRID[4], TrialState.FAIL, **{PROXY_ATTR: 50.0, PROXY_VARIANCE_ATTR: 0.1})
     _add(study, GRID[5], TrialState.PRUNED)
     assert AutoPipeSampler().recommend(study) == GRID[2]
-    # a higher but very noisy proxy is shrunk by the GP posterior: the precise one still wins
     _add(study, GRID[6], TrialState.PRUNED, **{PROXY_ATTR: 2.3, PROXY_VARIANCE_ATTR: 25.0})
-    assert AutoPipeSampler().recommend(study) == GRID[2]
+    assert AutoPipeSampler().recommend(study) == GRID[6]  # the best proxy as observed
+    # rule="belief": the GP posterior shrinks the very noisy proxy; the precise one wins
+    assert AutoPipeSampler().recommend(study, rule="belief") == GRID[2]
+    with pytest.raises(ValueError, match="rule"):
+        AutoPipeSampler().recommend(study, rule="best")
     _add(
         study,
         GRID[7],
         TrialState.PRUNED,
         **{RESIDUAL_ATTR: 1.5, PRIOR_SCORE_ATTR: 2.0, PROXY_VARIANCE_ATTR: 0.01},
     )
-    assert AutoPipeSampler().recommend(study) == GRID[7]
+    assert AutoPipeSampler().recommend(study) == GRID[7]  # s + r̂ = 3.5
+    assert AutoPipeSampler().recommend(study, rule="belief") == GRID[7]
 
 
 def test_recommend_without_a_finished_trial_says_so():

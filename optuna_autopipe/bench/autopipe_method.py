@@ -12,6 +12,8 @@ groups (``regressor.prior_scores``).
 - ``autopipe-full``: ``budget`` full-fidelity trials, no early stop, no regressor.
 - ``no-residual``: the GP models the proxy z directly, the prior still guides (λ·s).
 - ``no-bo``: the prior's top configurations in order, proxies pick the one verified.
+- ``autopipe-belief-rec``: ``autopipe`` verifying the GP's belief s + b + μ instead of the
+  best proxy (the default before 2026-11-27).
 - ``no-offline``: no prior; the direct regressor's ẑ feeds a GP (the "No Offline" ablation).
 
 Registered on import; ``optuna_autopipe.bench.methods`` imports this module on first use.
@@ -52,6 +54,7 @@ def autopipe(
     residual: bool = True,
     bo: bool = True,
     offline: bool = True,
+    recommend: str = "proxy",
 ) -> Method:
     """A method running ``AutoPipeSampler`` with these options (``fraction=None``: full runs)."""
 
@@ -73,7 +76,7 @@ def autopipe(
             return study
         regressor = prior.regressor if prior else direct_regressor(tasks, fraction)
         study.optimize(ctx.objective(fraction=fraction, regressor=regressor), n_trials=ctx.budget)
-        best = sampler.recommend(study)
+        best = sampler.recommend(study, rule=recommend)
         done = [
             t
             for t in study.trials
@@ -94,3 +97,4 @@ register("autopipe-full")(autopipe(fraction=None))
 register("no-residual")(autopipe(residual=False))
 register("no-bo")(autopipe(bo=False))
 register("no-offline")(autopipe(offline=False))
+register("autopipe-belief-rec")(autopipe(recommend="belief"))
