@@ -285,6 +285,11 @@ def promote(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
 
 
+def stopped_early(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` ended PRUNED by the hook's early stop (not by a pruner)."""
+    return trial.state == optuna.trial.TrialState.PRUNED and STOP_STEP_ATTR in trial.user_attrs
+
+
 def verify(study: optuna.Study, params: Mapping[str, Any]) -> None:
     """Enqueue ``params`` (e.g. ``sampler.recommend(study)``) for one full-fidelity run.
 
@@ -293,7 +298,7 @@ def verify(study: optuna.Study, params: Mapping[str, Any]) -> None:
     carries ``autopipe:promoted_from``, which objectives read as "run at full fidelity".
     """
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
-        if STOP_STEP_ATTR in trial.user_attrs and trial.params == dict(params):
+        if stopped_early(trial) and trial.params == dict(params):
             promote(study, trial)
             return
     study.enqueue_trial(dict(params), user_attrs={PROMOTED_FROM_ATTR: None}, skip_if_exists=False)

@@ -48,7 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_autopipe._storage_attrs import set_trial_user_attrs
 from optuna_autopipe.acquisition import Schedule, offset, ucb
 from optuna_autopipe.candidates import base_candidates, config_key, perturb, product_size
-from optuna_autopipe.early_stop import PRIOR_SCORE_ATTR, STOP_STEP_ATTR, proxy_of
+from optuna_autopipe.early_stop import PRIOR_SCORE_ATTR, proxy_of, stopped_early
 from optuna_autopipe.prior import Prior
 from optuna_autopipe.profile import DatasetProfile
 from optuna_autopipe.residual_gp import ResidualGP
@@ -485,18 +485,13 @@ class AutoPipeSampler(BaseSampler):
         if not names:
             return np.ones(len(configs), dtype=bool)
         seen = {
-            config_key({n: t.params[n] for n in names})
+            tuple(t.params[n] for n in names)
             for t in trials
             if t.number != current.number
             and set(names) <= set(t.params)
-            and (
-                t.state == TrialState.RUNNING
-                or (t.state == TrialState.PRUNED and STOP_STEP_ATTR in t.user_attrs)
-            )
+            and (t.state == TrialState.RUNNING or stopped_early(t))
         }
-        if not seen:
-            return np.ones(len(configs), dtype=bool)
-        return np.array([config_key({n: c[n] for n in names}) not in seen for c in configs])
+        return np.array([tuple(c[n] for n in names) not in seen for c in configs])
 
     @staticmethod
     def _occupied(

@@ -53,13 +53,16 @@ def seed_spread(
     )
     have = {(t.user_attrs.get(RUN_INDEX_ATTR), t.user_attrs.get("seed")) for t in study.trials}
     files = dataset_files(out, task, scale)
+    runs_by_seed = {
+        seed: objective(files, scale, output_dir=out / "work", early_stop=None, seed=seed)
+        for seed in seeds
+    }
     for trial in picks:
         index = trial.user_attrs.get(RUN_INDEX_ATTR)
-        for seed in seeds:
+        for seed, run in runs_by_seed.items():
             if (index, seed) in have:
                 continue
             study.enqueue_trial(trial.params, user_attrs={RUN_INDEX_ATTR: index})
-            run = objective(files, scale, output_dir=out / "work", early_stop=None, seed=seed)
             study.optimize(run, n_trials=1)
     return study
 

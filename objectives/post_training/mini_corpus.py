@@ -72,18 +72,17 @@ def study_name(task: str) -> str:
 
 
 def dataset_files(root: Path, task: str, scale: MiniScale, seed: int = 0) -> DatasetFiles:
-    """Write (or reuse) the dataset's files under ``root/data/<task>``."""
-    folder = root / "data" / f"{task}-{scale.difficulty}"
-    files = write_dataset(
+    """Write the dataset's files under ``root/data/<task>-<difficulty>`` (deterministic: a
+    rewrite gives the same files)."""
+    return write_dataset(
         task,
-        folder,
+        root / "data" / f"{task}-{scale.difficulty}",
         n_sft=scale.n_sft,
         n_rl=scale.n_rl,
         n_eval=scale.n_eval,
         difficulty=scale.difficulty,
         seed=seed,
     )
-    return files
 
 
 def profile(name: str, files: DatasetFiles) -> DatasetProfile:
@@ -130,7 +129,7 @@ def journal(out: Path) -> optuna.storages.JournalStorage:
 
 
 def _pending(study: optuna.Study, configs: list[dict[str, Any]]) -> list[int | None]:
-    """Jobs for one study: run indices to enqueue, plus ``None`` per leftover WAITING trial.
+    """Run indices still to enqueue for one study, plus ``None`` per leftover WAITING trial.
 
     Stale RUNNING trials (a killed generation) are failed first and their runs redone.
     """
@@ -159,12 +158,13 @@ def _report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     )
 
 
+#: One run to do: the dataset, and the run index with its configuration to enqueue (``None``:
+#: run a WAITING trial a stopped generation left behind).
+Job = tuple[str, tuple[int, dict[str, Any]] | None]
+
+
 def _worker(
-    out: str,
-    jobs: list[tuple[str, int | None]],
-    files: dict[str, DatasetFiles],
-    scale: MiniScale,
-    seed: int,
+    out: str, jobs: list[Job], files: dict[str, DatasetFiles], scale: MiniScale, seed: int
 ) -> None:
     import torch
 
@@ -172,16 +172,19 @@ def _worker(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = Path(out)
     storage = journal(root)
-    for task, index in jobs:
+    runs = {
+        task: objective(files[task], scale, output_dir=root / "work", early_stop=None, seed=seed)
+        for task in {task for task, _ in jobs}
+    }
+    for task, planned in jobs:
         # corpus runs are full runs: no pruner may stop them
         study = optuna.load_study(
             study_name=study_name(task), storage=storage, pruner=optuna.pruners.NopPruner()
         )
-        if index is not None:
-            config = planned_configs(task, index + 1, seed)[index]
+        if planned is not None:
+            index, config = planned
             study.enqueue_trial(config, user_attrs={RUN_INDEX_ATTR: index})
-        run = objective(files[task], scale, output_dir=root / "work", early_stop=None, seed=seed)
-        study.optimize(run, n_trials=1, callbacks=[_report])
+        study.optimize(runs[task], n_trials=1, callbacks=[_report])
 
 
 def generate(
@@ -198,7 +201,7 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     storage = journal(out)
     started = time.time()
-    jobs: list[tuple[str, int | None]] = []
+    jobs: list[Job] = []
     files = {task: dataset_files(out, task, scale, seed) for task in datasets}
     for name in TINY_MODELS:  # built once, before the workers start
         resolve_model(TINY_PREFIX + name)
@@ -207,9 +210,10 @@ def generate(
             study_name=study_name(task), storage=storage, direction="maximize", load_if_exists=True
         )
         profile(task, files[task]).to_study(study)
-        jobs += [(task, i) for i in _pending(study, planned_configs(task, runs, seed))]
+        configs = planned_configs(task, runs, seed)
+        jobs += [(task, None if i is None else (i, configs[i])) for i in _pending(study, configs)]
     # interleave datasets so a stopped generation leaves every dataset partly done
-    jobs.sort(key=lambda job: (job[1] if job[1] is not None else -1, job[0]))
+    jobs.sort(key=lambda job: (-1 if job[1] is None else job[1][0], job[0]))
     shares = [jobs[k::workers] for k in range(workers)]
     context = multiprocessing.get_context("spawn")
     processes = [

@@ -198,12 +198,6 @@ class PostTrainingObjective:
         self.seed = seed
         self.keep_models = keep_models
 
-    def full(self) -> PostTrainingObjective:
-        """The same objective with every trial at full fidelity."""
-        clone = object.__new__(PostTrainingObjective)
-        clone.__dict__.update(self.__dict__, early_stop=None)
-        return clone
-
     def __call__(self, trial: optuna.trial.Trial) -> float:
         config = {name: suggest(trial, name, dist) for name, dist in self.space.items()}
         folder = self.output_dir / trial.study.study_name / f"trial-{trial.number:05d}"

@@ -95,15 +95,14 @@ def load_model(name: str, hardware: Hardware) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _quiet(trainer: Any) -> None:
-    """No per-step log printing (the dynamics go to the trial, not to stdout)."""
+def _train(trainer: Any, stage: str, *, resume_from: str | None = None) -> None:
+    """Train without per-step printing (the dynamics go to the trial, not to stdout), then
+    raise ``Diverged`` if any logged loss was NaN or infinite."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-
-
-def _check_finite(log_history: Sequence[dict[str, Any]], stage: str) -> None:
-    for entry in log_history:
+    trainer.train(resume_from_checkpoint=resume_from)
+    for entry in trainer.state.log_history:
         loss = entry.get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
             raise Diverged(f"{stage} loss became {loss} at step {entry.get('step')}")
@@ -160,13 +159,10 @@ def run_sft(
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
-    _quiet(trainer)
-    trainer.train(resume_from_checkpoint=resume_from)
-    _check_finite(trainer.state.log_history, "SFT")
+    _train(trainer, "SFT", resume_from=resume_from)
     completed = trainer.state.global_step >= trainer.state.max_steps
     if completed:
-        trainer.save_model(str(output_dir / "model"))
-        tokenizer.save_pretrained(str(output_dir / "model"))
+        trainer.save_model(str(output_dir / "model"))  # the tokenizer too (processing_class)
     return trainer, completed
 
 
@@ -232,9 +228,6 @@ def run_grpo(
         train_dataset=Dataset.from_list(rl_prompts(records, seed)),
         processing_class=tokenizer,
     )
-    _quiet(trainer)
-    trainer.train()
-    _check_finite(trainer.state.log_history, "GRPO")
-    trainer.save_model(str(output_dir / "model"))
-    tokenizer.save_pretrained(str(output_dir / "model"))
+    _train(trainer, "GRPO")
+    trainer.save_model(str(output_dir / "model"))  # the tokenizer too (processing_class)
     return trainer
