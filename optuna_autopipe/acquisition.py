@@ -18,7 +18,9 @@ prior entirely.
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,3 +75,26 @@ def ucb(
 ) -> np.ndarray:
     """λ·s(x) + b + μ(x) + κ·σ(x), elementwise over candidates."""
     return lam * prior + bias + mean + kappa * std
+
+
+def best_first(
+    upper: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], *, batch: int = 256
+) -> Iterator[int]:
+    """Positions ``0 .. m−1`` in descending order of a score that is costly to compute.
+
+    ``upper`` (m,) bounds each position's score from above; ``exact(positions)`` returns the
+    scores there. Branch and bound: scores are computed in batches, in descending order of
+    the bound, only while the next bound could still beat the best score not yet yielded: the
+    order of sorting every exact score (up to the order of ties), while most positions are
+    never computed when the bound is tight.
+    """
+    order = np.argsort(-upper, kind="stable")
+    computed = 0
+    heap: list[tuple[float, int]] = []  # (−score, position)
+    while computed < len(order) or heap:
+        while computed < len(order) and (not heap or -heap[0][0] < upper[order[computed]]):
+            positions = order[computed : computed + batch]
+            computed += len(positions)
+            for position, score in zip(positions, exact(positions), strict=True):
+                heapq.heappush(heap, (-float(score), int(position)))
+        yield heapq.heappop(heap)[1]

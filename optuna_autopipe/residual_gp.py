@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from linear_operator.utils.cholesky import psd_safe_cholesky
 _logger = logging.getLogger(__name__)
 
 #: Candidates scored per posterior call (bounds memory on large candidate sets).
-_CHUNK = 20_000
+_CHUNK = 2048
 
 
 class ResidualGP:
@@ -73,13 +74,22 @@ class ResidualGP:
             gram = self.model.covar_module(train_x).to_dense() + torch.diag(train_var.reshape(-1))
             self._cholesky = psd_safe_cholesky(gram)
             self._alpha = torch.cholesky_solve(train_y, self._cholesky)
+            # k(x_j, x_j) + N_j (+ any jitter the factorisation added), (n,)
+            self._own_variance = (self._cholesky**2).sum(dim=1)
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, x: np.ndarray, *, std: Literal["exact", "bound"] = "exact"
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean μ(x) and standard deviation σ(x) of the latent function, (m,) each.
 
         Marginals only, from the Cholesky factor L of K + diag(noise):
         μ = k(x, X) α with α = (K + N)⁻¹ y, σ² = k(x, x) − ‖L⁻¹ k(X, x)‖²; O(m n²) time and
         O(chunk · n) memory, never the m x m joint covariance.
+
+        ``std="bound"`` returns instead an upper bound of σ in O(m n): the posterior given
+        only the most informative single observation,
+        σ² ≤ min_j k(x, x) − k(x, x_j)² / (k(x_j, x_j) + N_j),
+        since conditioning on more data never increases a GP's variance.
         """
         means, stds = [], []
         with torch.no_grad():
@@ -89,8 +99,11 @@ class ResidualGP:
                 )
                 cross = self.model.covar_module(chunk, self._train_x).to_dense()  # (m, n)
                 means.append((cross @ self._alpha).reshape(-1).numpy())
-                v = torch.linalg.solve_triangular(self._cholesky, cross.T, upper=False)
                 prior = self.model.covar_module(chunk, diag=True)
-                variance = (prior - (v**2).sum(dim=0)).clamp_min(0)
-                stds.append(variance.sqrt().numpy())
+                if std == "bound":
+                    explained = (cross**2 / self._own_variance).max(dim=1).values
+                else:
+                    v = torch.linalg.solve_triangular(self._cholesky, cross.T, upper=False)
+                    explained = (v**2).sum(dim=0)
+                stds.append((prior - explained).clamp_min(0).sqrt().numpy())
         return np.concatenate(means), np.concatenate(stds)

@@ -46,7 +46,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from optuna_autopipe._storage_attrs import set_trial_user_attrs
-from optuna_autopipe.acquisition import Schedule, offset, ucb
+from optuna_autopipe.acquisition import Schedule, best_first, offset, ucb
 from optuna_autopipe.candidates import base_candidates, config_key, perturb, product_size
 from optuna_autopipe.early_stop import PRIOR_SCORE_ATTR, proxy_of, stopped_early
 from optuna_autopipe.prior import Prior
@@ -267,10 +267,16 @@ class AutoPipeSampler(BaseSampler):
             "autopipe:lambda": self.schedule.lam(t),
             "autopipe:kappa": self.schedule.kappa(t),
         }
+        weights = {
+            "lam": float(explain["autopipe:lambda"]) if self.prior is not None else 0.0,
+            "kappa": float(explain["autopipe:kappa"]),
+        }
+        pool = np.flatnonzero(free)
+        mean = std = np.zeros(len(pool))
+        bias = 0.0
+        gp: ResidualGP | None = None
         if not self.bo:
-            score, phase = prior.copy(), "prior-order"
-            mean = std = np.zeros(len(keys))
-            bias = 0.0
+            upper, phase = prior[pool], "prior-order"
         elif t < self.n_startup:
             tried = [o.config for o in observed] + [
                 {n: other.params[n] for n in space}
@@ -279,30 +285,42 @@ class AutoPipeSampler(BaseSampler):
                 and other.number != trial.number
                 and set(space) <= set(other.params)
             ]
-            score, phase = self._diverse(prior, x, free, encoder.encode(tried), rng), "warm-start"
-            mean = std = np.zeros(len(keys))
-            bias = 0.0
+            diverse = self._diverse(prior, x, free, encoder.encode(tried), rng)
+            upper, phase = diverse[pool], "warm-start"
         else:
-            mean, std, bias = self._posterior(observed, encoder, x, base)
-            score = ucb(
-                prior=prior,
-                mean=mean,
-                std=std,
-                bias=bias,
-                lam=float(explain["autopipe:lambda"]) if self.prior is not None else 0.0,
-                kappa=float(explain["autopipe:kappa"]),
-            )
+            if observed:
+                gp, bias = self._fit(observed, encoder, base)
+                mean, std = gp.predict(x[pool], std="bound")
+            else:  # the prior alone, with the GP's prior σ = 1
+                std = np.ones(len(pool))
+            upper = ucb(prior=prior[pool], mean=mean, std=std, bias=bias, **weights)
             phase = "bo"
-        score = np.where(free, score, -np.inf)
-        order = np.argsort(-score, kind="stable")
-        for index in order[free[order]]:  # every free candidate, best first
+        score = upper.copy()
+
+        def exact(positions: np.ndarray) -> np.ndarray:
+            """UCB at ``positions`` of ``pool`` with the exact σ (σ stored for the attrs)."""
+            if gp is not None:
+                std[positions] = gp.predict(x[pool[positions]])[1]
+                score[positions] = ucb(
+                    prior=prior[pool[positions]],
+                    mean=mean[positions],
+                    std=std[positions],
+                    bias=bias,
+                    **weights,
+                )
+            return score[positions]
+
+        first = None
+        for position in best_first(upper, exact):  # every free candidate, best first
+            index = pool[position]
+            first = index if first is None else first
             explain.update(
                 {
                     PRIOR_SCORE_ATTR: float(prior[index]),
-                    "autopipe:gp_mean": float(mean[index]),
-                    "autopipe:gp_std": float(std[index]),
+                    "autopipe:gp_mean": float(mean[position]),
+                    "autopipe:gp_std": float(std[position]),
                     "autopipe:offset": bias,
-                    "autopipe:acquisition": float(score[index]),
+                    "autopipe:acquisition": float(score[position]),
                     "autopipe:phase": phase,
                     CLAIM_ATTR: keys[index],
                 }
@@ -316,7 +334,7 @@ class AutoPipeSampler(BaseSampler):
             "Every free candidate configuration was claimed by another worker meanwhile; "
             "AutoPipeSampler proposes the best one again."
         )
-        return dict(configs[int(np.argmax(score))])
+        return dict(configs[first])
 
     def _candidates(self, space: dict[str, BaseDistribution]) -> _Candidates:
         """The base candidates of ``space``, built once per space."""
@@ -431,16 +449,10 @@ class AutoPipeSampler(BaseSampler):
             for o in observed
         ]
 
-    def _posterior(
-        self,
-        observed: list[_Observation],
-        encoder: SpaceEncoder,
-        x: np.ndarray,
-        base: _Candidates,
-    ) -> tuple[np.ndarray, np.ndarray, float]:
-        """μ, σ over the candidates and the offset b (no observation: zeros, σ = 1)."""
-        if not observed:
-            return np.zeros(len(x)), np.ones(len(x)), 0.0
+    def _fit(
+        self, observed: list[_Observation], encoder: SpaceEncoder, base: _Candidates
+    ) -> tuple[ResidualGP, float]:
+        """The GP on the centred targets and the offset b (needs an observation)."""
         configs = [o.config for o in observed]
         targets = np.array([o.z for o in observed])
         if self.residual:
@@ -450,8 +462,7 @@ class AutoPipeSampler(BaseSampler):
         with torch.random.fork_rng():
             torch.manual_seed(self._seed % 2**31)
             gp = ResidualGP(encoder.encode(configs), targets - bias, variances)
-            mean, std = gp.predict(x)
-        return mean, std, bias
+        return gp, bias
 
     @staticmethod
     def _diverse(
@@ -554,7 +565,8 @@ class AutoPipeSampler(BaseSampler):
         base = self._candidates(space)
         prior = self._prior_scores(configs, base)
         encoder = SpaceEncoder(space)
-        mean, _, bias = self._posterior(observed, encoder, encoder.encode(configs), base)
+        gp, bias = self._fit(observed, encoder, base)
+        mean, _ = gp.predict(encoder.encode(configs))
         belief = (prior if self.residual else 0.0) + bias + mean
         return dict(configs[int(np.argmax(belief))])
 

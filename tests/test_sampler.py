@@ -22,7 +22,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from optuna_autopipe import sampler as sampler_module
-from optuna_autopipe.acquisition import Schedule, offset, ucb
+from optuna_autopipe.acquisition import Schedule, best_first, offset, ucb
 from optuna_autopipe.candidates import base_candidates, config_key, perturb
 from optuna_autopipe.corpus import Corpus, DatasetRuns
 from optuna_autopipe.dynamics import TrainingDynamics
@@ -36,6 +36,7 @@ from optuna_autopipe.early_stop import (
 )
 from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.prior import Prior, fit_prior
+from optuna_autopipe.residual_gp import ResidualGP
 from optuna_autopipe.sampler import CLAIM_ATTR, EXPLANATION_ATTRS, AutoPipeSampler
 
 A_CHOICES = ("p", "q", "r")
@@ -159,6 +160,82 @@ def test_sampler_schedule_takes_the_sampler_budget():
     assert sampler.schedule == Schedule(budget=7, lambda_start=2.0)
     with pytest.raises(ValueError, match="budget"):
         AutoPipeSampler(budget=0)
+
+
+@pytest.mark.parametrize("slack", [0.0, 0.1, 5.0])
+def test_best_first_gives_the_full_sort_and_computes_only_what_the_bound_requires(slack):
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=500)
+    scores[:20] = scores[20]  # ties
+    upper = scores + slack * rng.random(500)
+    computed: list[int] = []
+
+    def exact(positions):
+        computed.extend(positions.tolist())
+        return scores[positions]
+
+    order = list(best_first(upper, exact, batch=16))
+    np.testing.assert_array_equal(scores[order], np.sort(scores)[::-1])
+    assert sorted(order) == sorted(computed) == list(range(500))  # each computed once
+    computed.clear()
+    first = next(best_first(upper, exact, batch=16))
+    assert scores[first] == scores.max()
+    # a tight bound finds the best within a few batches; a loose one computes more
+    assert len(computed) <= (32 if slack <= 0.1 else 500)
+
+
+def test_the_gp_std_bound_is_an_upper_bound_and_tight_next_to_a_lone_point():
+    rng = np.random.default_rng(1)
+    x, y = rng.random((30, 3)), rng.normal(size=30)
+    gp = ResidualGP(x, y, np.full(30, 0.05))
+    candidates = rng.random((400, 3))
+    mean, std = gp.predict(candidates)
+    bound_mean, bound = gp.predict(candidates, std="bound")
+    np.testing.assert_allclose(bound_mean, mean)
+    assert np.all(bound >= std - 1e-12)
+    lone = ResidualGP(x[:1], y[:1], np.array([0.05]))
+    np.testing.assert_allclose(
+        lone.predict(candidates, std="bound")[1], lone.predict(candidates)[1]
+    )
+
+
+def test_the_bo_choice_is_the_argmax_of_the_exact_ucb_over_every_free_candidate(prior):
+    space = {
+        "a": CategoricalDistribution(A_CHOICES),
+        "b": CategoricalDistribution(B_CHOICES),
+        "c": FloatDistribution(0.0, 1.0, step=0.05),
+    }
+    sampler = AutoPipeSampler(prior, FEATURES, seed=3, search_space=space, budget=20)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(
+        lambda t: _objective(t) - 4 * (t.suggest_float("c", 0, 1, step=0.05) - 0.3) ** 2,
+        n_trials=12,
+    )
+    chosen = study.trials[-1]
+    assert chosen.user_attrs["autopipe:phase"] == "bo"
+    # brute force on the data the last suggestion saw: every free candidate's exact UCB
+    before = study.trials[:-1]
+    base = sampler._candidates(space)
+    observed = [o for o in (sampler._observation(t, space) for t in before) if o]
+    observed = sampler._standardise_full(observed, study.direction)
+    encoder = sampler_module.SpaceEncoder(space)
+    gp, bias = sampler._fit(observed, encoder, base)
+    mean, std = gp.predict(base.x)
+    t = len(before)
+    score = ucb(
+        prior=base.prior,
+        mean=mean,
+        std=std,
+        bias=bias,
+        lam=sampler.schedule.lam(t),
+        kappa=sampler.schedule.kappa(t),
+    )
+    taken = {config_key({n: tr.params[n] for n in space}) for tr in before}
+    score[[k in taken for k in base.keys]] = -np.inf
+    best = int(np.argmax(score))
+    assert chosen.user_attrs[CLAIM_ATTR] == base.keys[best]
+    assert chosen.user_attrs["autopipe:acquisition"] == pytest.approx(score[best])
+    assert chosen.user_attrs["autopipe:gp_std"] == pytest.approx(std[best])
 
 
 # --- 2. the candidates -----------------------------------------------------------------------
