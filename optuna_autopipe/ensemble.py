@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import xgboost as xgb
 
+from optuna_autopipe.cut_signal import CutSignal
 from optuna_autopipe.feature_filter import FeatureFilter
 from optuna_autopipe.space import SpaceEncoder
 
@@ -39,6 +40,7 @@ _RESTORE: dict[str, Callable[[Any], Any]] = {
     "params": lambda value: TreeParams(**value),
     "filter": lambda value: FeatureFilter(**value),
     "encoder": lambda value: SpaceEncoder.from_json(json.dumps(value)),
+    "cut": lambda value: None if value is None else CutSignal(**value),
 }
 
 Ensemble = TypeVar("Ensemble")

@@ -35,6 +35,7 @@ import numpy as np
 import xgboost as xgb
 
 from optuna_autopipe.corpus import Corpus, DatasetRuns
+from optuna_autopipe.cut_signal import CutSignal, within_spearman
 from optuna_autopipe.dynamics import TrainingDynamics, feature_names
 from optuna_autopipe.ensemble import TreeParams, load_ensemble, save_ensemble
 from optuna_autopipe.feature_filter import FeatureFilter, flag_columns, informative_dataset_features
@@ -77,6 +78,10 @@ class EarlyStopRegressor:
     kept_columns: list[str] = field(default_factory=list)
     target_variance: float = 1.0
     error_variance: float = 1.0
+    #: Out-of-fold within-dataset Spearman of the proxy with the final score (NaN: not
+    #: measured, under 3 groups) and the cut signal it is compared with (``cut_signal.py``).
+    proxy_spearman: float = math.nan
+    cut: CutSignal | None = None
     models: list[xgb.XGBRegressor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -117,13 +122,17 @@ class EarlyStopRegressor:
         self.metrics = sorted(
             {m for d, keep in usable for i in keep for m in d.dynamics[i].metrics}
         )
-        blocks, targets = [], []
+        blocks, targets, finals, anchors = [], [], [], []
         for d, keep in usable:
             utility = d.utility
             z = (utility - utility.mean()) / (utility.std() or 1.0)
+            finals.append(z[keep])
             if self.target == "residual":
                 assert prior_scores is not None
+                anchors.append(_checked_scores(prior_scores, d)[keep])
                 z = z - _checked_scores(prior_scores, d)
+            else:
+                anchors.append(np.zeros(len(keep)))
             blocks.append(
                 self._rows(
                     [d.configs[i] for i in keep],
@@ -139,7 +148,16 @@ class EarlyStopRegressor:
         x, y = np.vstack(blocks)[:, keep_mask], np.concatenate(targets)
         groups = np.concatenate([np.full(len(keep), d.group) for d, keep in usable])
         self.target_variance = float(y.var())
-        self.error_variance = self._out_of_fold_error(x, y, groups)
+        final, anchor = np.concatenate(finals), np.concatenate(anchors)
+        predicted = self._out_of_fold(x, y, groups)
+        self.error_variance = self.target_variance
+        self.proxy_spearman = math.nan
+        if predicted is not None:
+            self.proxy_spearman = within_spearman(anchor + predicted, final, groups)
+            if len(np.unique(groups)) >= 3:  # two folds of one dataset each misjudge the error
+                self.error_variance = float(np.mean((predicted - y) ** 2))
+        dynamics_columns = np.vstack(blocks)[:, len(columns) - len(feature_names(self.metrics)) :]
+        self.cut = CutSignal.fit(dynamics_columns, feature_names(self.metrics), final, groups)
         self.models = [self._model(self.seed + i).fit(x, y) for i in range(self.n_models)]
         return self
 
@@ -148,20 +166,25 @@ class EarlyStopRegressor:
             random_state=seed, n_jobs=self.n_jobs, tree_method="hist", **asdict(self.params)
         )
 
-    def _out_of_fold_error(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
-        """Mean squared error of one model per fold of groups on the groups it did not see
-        (``calibration_folds`` folds; the target variance when there are under 3 groups)."""
+    def _out_of_fold(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray | None:
+        """Predictions of one model per fold of groups on the groups it did not see
+        (``calibration_folds`` folds; ``None`` under 2 groups)."""
         names = np.unique(groups)
         folds = min(self.calibration_folds, len(names))
-        if folds < 2 or len(names) < 3:
-            return self.target_variance
+        if folds < 2:
+            return None
         fold_of = {g: i % folds for i, g in enumerate(names)}
         fold = np.array([fold_of[g] for g in groups])
-        errors = np.empty_like(y)
+        predicted = np.empty_like(y)
         for k in range(folds):
             held = fold == k
-            errors[held] = self._model(self.seed).fit(x[~held], y[~held]).predict(x[held]) - y[held]
-        return float(np.mean(errors**2))
+            predicted[held] = self._model(self.seed).fit(x[~held], y[~held]).predict(x[held])
+        return predicted
+
+    @property
+    def uses_cut(self) -> bool:
+        """Whether the cut signal ranked the corpus better than the out-of-fold proxy."""
+        return self.cut is not None and self.cut.spearman > self.proxy_spearman
 
     def _usable(self, d: DatasetRuns) -> list[int]:
         """Indices of ``d``'s runs whose dynamics have a point before the cut."""

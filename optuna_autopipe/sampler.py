@@ -33,7 +33,7 @@ import math
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -48,6 +48,8 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna_autopipe._storage_attrs import set_trial_user_attrs
 from optuna_autopipe.acquisition import Schedule, best_first, offset, ucb
 from optuna_autopipe.candidates import base_candidates, config_key, perturb, product_size
+from optuna_autopipe.cut_signal import CutSignal, standardise
+from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 from optuna_autopipe.early_stop import PRIOR_SCORE_ATTR, proxy_of, stopped_early
 from optuna_autopipe.prior import Prior
 from optuna_autopipe.profile import DatasetProfile
@@ -109,6 +111,11 @@ class AutoPipeSampler(BaseSampler):
             candidate that agrees on all of them with an early-stopped (or running) trial is
             not proposed while any other is free: the stop cannot tell the two apart.
             ``None``: every parameter counts.
+        early_stop_signal: what an early-stopped trial's observation is. ``"proxy"``: the
+            regressor's proxy (paper B.2); ``"cut"``: the prior's cut signal, the score the
+            run shows at the cut, compared within the study (``cut_signal.py``); ``"auto"``
+            (default): the cut signal when the prior's corpus measured it to rank runs better
+            than the proxy out of fold, else the proxy.
     """
 
     def __init__(
@@ -129,6 +136,7 @@ class AutoPipeSampler(BaseSampler):
         full_noise: float = 0.1,
         noise_floor: float = 0.01,
         early_stop_params: Sequence[str] | None = None,
+        early_stop_signal: Literal["auto", "proxy", "cut"] = "auto",
     ) -> None:
         if prior is None and not bo:
             raise ValueError("bo=False takes the prior's top configurations: it needs a prior.")
@@ -163,6 +171,8 @@ class AutoPipeSampler(BaseSampler):
         self.full_noise = full_noise
         self.noise_floor = noise_floor
         self.early_stop_params = None if early_stop_params is None else tuple(early_stop_params)
+        self._signal = self._choose_signal(early_stop_signal)
+        self._cut_values: dict[str, float] = {}
         self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._independent = RandomSampler(seed=seed)
         self._warned: set[str] = set()
@@ -170,6 +180,20 @@ class AutoPipeSampler(BaseSampler):
         self._lock = threading.Lock()
         if prior is not None and self.search_space is not None:
             self._check_prior_space(self.search_space, choices=True)
+
+    def _choose_signal(self, choice: str) -> CutSignal | None:
+        """The cut signal the observations use (``None``: the proxies)."""
+        if choice not in ("auto", "proxy", "cut"):
+            raise ValueError(f"early_stop_signal must be 'auto', 'proxy' or 'cut', got {choice!r}.")
+        regressor = self.prior.regressor if self.prior is not None else None
+        if choice == "cut" and (regressor is None or regressor.cut is None):
+            raise ValueError(
+                "early_stop_signal='cut' needs a prior whose early-stop regressor has a cut "
+                "signal: refit the prior on runs with recorded dynamics (autopipe fit-prior)."
+            )
+        if choice == "proxy" or regressor is None:
+            return None
+        return regressor.cut if choice == "cut" or regressor.uses_cut else None
 
     # --- pickling and reseeding ----------------------------------------------------------
 
@@ -239,8 +263,7 @@ class AutoPipeSampler(BaseSampler):
         base = self._candidates(space)
         encoder = SpaceEncoder(space)
         rng = np.random.default_rng([self._seed, trial.number])
-        observed = [o for o in (self._observation(t, space) for t in trials) if o is not None]
-        observed = self._standardise_full(observed, study.direction)
+        observed = self._observations(trials, space, study.direction)
         configs, keys, x, prior = base.configs, base.keys, base.x, base.prior
         if not base.discrete and observed:
             best = [o.config for o in sorted(observed, key=lambda o: -o.z)[:3]]
@@ -435,19 +458,43 @@ class AutoPipeSampler(BaseSampler):
             return None
         return _Observation(config=config, z=proxy[0], variance=proxy[1], full=False)
 
-    @staticmethod
-    def _standardise_full(
-        observed: list[_Observation], direction: StudyDirection
+    def _observations(
+        self, trials: Sequence[FrozenTrial], space: Mapping[str, Any], direction: StudyDirection
     ) -> list[_Observation]:
-        """Full-fidelity values → z over the study's full-fidelity values, higher = better."""
+        """Every usable finished trial as a z-value, higher = better: a full-fidelity value
+        standardised over the study's full-fidelity values (variance ``full_noise``); an
+        early-stopped trial's proxy with its variance, or with the cut signal β·ĉ with
+        variance v, ĉ its cut feature standardised over the study's early-stopped trials
+        (proxies for all when any of them lacks the feature)."""
+        pairs = [(t, o) for t in trials if (o := self._observation(t, space)) is not None]
         sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
-        values = np.array([sign * o.z for o in observed if o.full])
+        values = np.array([sign * o.z for _, o in pairs if o.full])
         mean = values.mean() if len(values) else 0.0
         sd = values.std() if len(values) >= 2 and values.std() > 0 else 1.0
-        return [
-            _Observation(o.config, (sign * o.z - mean) / sd, o.variance, True) if o.full else o
-            for o in observed
-        ]
+        observed = [replace(o, z=(sign * o.z - mean) / sd) if o.full else o for _, o in pairs]
+        early = [i for i, (_, o) in enumerate(pairs) if not o.full]
+        if self._signal is None or not early:
+            return observed
+        cuts = np.array([self._cut_value(pairs[i][0]) for i in early])
+        if not np.isfinite(cuts).all():
+            return observed
+        for i, c in zip(early, standardise(cuts), strict=True):
+            observed[i] = replace(
+                observed[i], z=self._signal.slope * c, variance=self._signal.variance
+            )
+        return observed
+
+    def _cut_value(self, trial: FrozenTrial) -> float:
+        """The oriented cut feature of an early-stopped trial's dynamics (NaN without)."""
+        record = trial.user_attrs.get(DYNAMICS_ATTR)
+        if not isinstance(record, str):
+            return math.nan
+        if record not in self._cut_values:  # a finished trial's dynamics never change
+            assert self._signal is not None and self.prior is not None
+            dynamics = TrainingDynamics.from_json(record, source=f"trial {trial.number}")
+            fraction = self.prior.regressor.fraction
+            self._cut_values[record] = self._signal.value(dynamics, fraction=fraction)
+        return self._cut_values[record]
 
     def _fit(
         self, observed: list[_Observation], encoder: SpaceEncoder, base: _Candidates
@@ -549,11 +596,10 @@ class AutoPipeSampler(BaseSampler):
             raise ValueError(f"rule must be 'belief' or 'proxy', got {rule!r}.")
         trials = study.get_trials(deepcopy=False)
         space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
-        observed = [o for o in (self._observation(t, space) for t in trials) if o] if space else []
+        observed = self._observations(trials, space, study.direction) if space else []
         full = [o for o in observed if o.full]
         if full:
-            better = max if study.direction == StudyDirection.MAXIMIZE else min
-            return dict(better(full, key=lambda o: o.z).config)
+            return dict(max(full, key=lambda o: o.z).config)
         if not observed:
             raise ValueError(
                 "No trial has a full-fidelity value or an early-stop proxy yet: nothing to "

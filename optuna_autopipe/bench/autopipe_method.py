@@ -7,7 +7,11 @@ groups (``regressor.prior_scores``).
 
 - ``autopipe``: ``budget`` trials stopped at ``FRACTION`` (25%: 15 quarter runs plus one
   verification cost 4.75 full runs, under half of the full-fidelity baselines' 15), each
-  scored by the residual regressor; then ``recommend`` is verified once at full fidelity.
+  observed through the signal the prior chose (``early_stop_signal="auto"``: on both
+  replays the cut signal, the score at the cut compared within the study); then
+  ``recommend`` is verified once at full fidelity.
+- ``autopipe-proxy``: the same with the residual regressor's proxies (the paper's B.2
+  design, the default before 2026-11-27).
   ``autopipe-50``, ``autopipe-75``: the same at 50% and 75% (sensitivity).
 - ``autopipe-full``: ``budget`` full-fidelity trials, no early stop, no regressor.
 - ``no-residual``: the GP models the proxy z directly, the prior still guides (λ·s).
@@ -55,6 +59,7 @@ def autopipe(
     bo: bool = True,
     offline: bool = True,
     recommend: str = "proxy",
+    signal: str = "auto",
 ) -> Method:
     """A method running ``AutoPipeSampler`` with these options (``fraction=None``: full runs)."""
 
@@ -69,6 +74,7 @@ def autopipe(
             search_space=ctx.task.search_space,
             residual=residual,
             bo=bo,
+            early_stop_signal=signal,
         )
         study = ctx.study(sampler)
         if fraction is None:
@@ -91,6 +97,7 @@ def autopipe(
 
 
 register("autopipe")(autopipe())
+register("autopipe-proxy")(autopipe(signal="proxy"))
 register("autopipe-50")(autopipe(fraction=0.5))
 register("autopipe-75")(autopipe(fraction=0.75))
 register("autopipe-full")(autopipe(fraction=None))
