@@ -216,8 +216,7 @@ def test_the_bo_choice_is_the_argmax_of_the_exact_ucb_over_every_free_candidate(
     # brute force on the data the last suggestion saw: every free candidate's exact UCB
     before = study.trials[:-1]
     base = sampler._candidates(space)
-    observed = [o for o in (sampler._observation(t, space) for t in before) if o]
-    observed = sampler._standardise_full(observed, study.direction)
+    observed = sampler._observations(before, space, study.direction)
     encoder = sampler_module.SpaceEncoder(space)
     gp, bias = sampler._fit(observed, encoder, base)
     mean, std = gp.predict(base.x)
@@ -633,7 +632,9 @@ def test_the_early_stop_hook_turns_the_sampler_prior_score_into_a_proxy_the_gp_u
     prior = fit_prior(corpus, grid=[TreeParams(n_estimators=20)], n_models=1)
     assert prior.regressor is not None and prior.regressor.target == "residual"
     features = {"size": 1.5}
-    sampler = AutoPipeSampler(prior, features, seed=0, n_samples=256, n_startup=3)
+    sampler = AutoPipeSampler(
+        prior, features, seed=0, n_samples=256, n_startup=3, early_stop_signal="proxy"
+    )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     rng = np.random.default_rng(9)
 

@@ -1,0 +1,192 @@
+"""The cut signal: chosen on the corpus, calibrated, saved with the regressor, and used by the
+sampler (standardised within the study) only when it ranked the corpus better than the proxy."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from optuna_autopipe.corpus import Corpus, DatasetRuns
+from optuna_autopipe.cut_signal import CutSignal, standardise, within_spearman
+from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
+from optuna_autopipe.early_stop import PROXY_ATTR, PROXY_VARIANCE_ATTR
+from optuna_autopipe.ensemble import TreeParams
+from optuna_autopipe.prior import Prior, fit_prior
+from optuna_autopipe.regressor import EarlyStopRegressor
+from optuna_autopipe.sampler import AutoPipeSampler
+
+SPACE = {"x": FloatDistribution(0.0, 1.0), "w": FloatDistribution(0.0, 1.0)}
+TOTAL = 20
+
+
+def _curve(level: float, quality: float, rng: np.random.Generator) -> TrainingDynamics:
+    """An accuracy curve rising to ``level + quality``; the run's quality shows early."""
+    steps = np.arange(1, TOTAL + 1)
+    acc = level + quality * (1 - np.exp(-steps / 3)) + rng.normal(0, 0.02, TOTAL)
+    return TrainingDynamics(total_steps=TOTAL, metrics={"val.acc": np.c_[steps, acc].tolist()})
+
+
+def _dataset(name: str, seed: int, n: int = 60, *, config_weight: float = 0.0) -> DatasetRuns:
+    """Each dataset's accuracies sit at their own level (unrelated to its meta-feature), so
+    only within a dataset does the level at the cut tell runs apart; y = quality +
+    ``config_weight`` · x, where x shows in no curve."""
+    rng = np.random.default_rng(seed)
+    level = 10.0 * rng.permutation(6)[0] + 3 * seed
+    quality = rng.normal(0, 1, n)
+    configs = rng.random((n, 2))
+    return DatasetRuns(
+        name=name,
+        direction="maximize",
+        features={"size": float(seed % 2)},
+        configs=[{"x": float(a), "w": float(b)} for a, b in configs],
+        scores=quality + config_weight * configs[:, 0],
+        dynamics=[_curve(level, q, rng) for q in quality],
+    )
+
+
+@pytest.fixture(scope="module")
+def prior() -> Prior:
+    corpus = Corpus(dict(SPACE), [_dataset(f"d{i}", i) for i in range(5)])
+    return fit_prior(corpus, grid=[TreeParams(n_estimators=30)], n_models=1, fraction=0.5)
+
+
+def test_within_spearman_averages_per_group_and_counts_undefined_groups_as_zero():
+    x = np.array([1.0, 2, 3, 1, 2, 3, 5, 5, 5])
+    z = np.array([1.0, 2, 3, 3, 2, 1, 1, 2, 3])
+    groups = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    assert within_spearman(x, z, groups) == pytest.approx((1 - 1 + 0) / 3)
+    assert within_spearman(x[:3], z[:3], groups[:3]) == pytest.approx(1.0)
+
+
+def test_standardise_ignores_nan_and_keeps_a_single_value_at_zero():
+    np.testing.assert_allclose(standardise(np.array([1.0, 3.0, math.nan]))[:2], [-1, 1])
+    assert math.isnan(standardise(np.array([1.0, 3.0, math.nan]))[2])
+    np.testing.assert_allclose(standardise(np.array([4.0])), [0.0])
+
+
+def test_fit_picks_the_oriented_feature_that_ranks_within_groups_and_calibrates_it():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(4), 200)
+    z = rng.normal(size=800)
+    noise = rng.normal(size=800)
+    loss = -0.9 * z + np.sqrt(1 - 0.81) * rng.normal(size=800) + 50 * groups  # own scales
+    signal = CutSignal.fit(np.c_[noise, loss], ["a.prefix.mean", "loss.late.min"], z, groups)
+    assert signal is not None
+    assert (signal.feature, signal.sign) == ("loss.late.min", -1.0)
+    assert signal.spearman > 0.85
+    assert signal.slope == pytest.approx(0.9, abs=0.05)
+    assert signal.variance == pytest.approx(1 - 0.81, abs=0.05)
+    assert CutSignal.fit(np.zeros((800, 1)), ["flat.prefix.mean"], z, groups) is None
+
+
+def test_value_reads_the_feature_of_a_metric_whose_name_has_dots():
+    dynamics = _curve(5.0, 1.0, np.random.default_rng(0))
+    signal = CutSignal("val.acc.late.mean", -1.0, 0.9, 0.9, 0.2)
+    expected = dynamics.features(fraction=0.5)["val.acc.late.mean"]
+    assert signal.value(dynamics, fraction=0.5) == pytest.approx(-expected)
+
+
+def test_the_regressor_uses_the_cut_only_where_it_ranks_better_and_saves_the_choice(
+    prior, tmp_path
+):
+    regressor = prior.regressor
+    assert regressor is not None and regressor.cut is not None
+    assert regressor.cut.feature.startswith("val.acc.") and regressor.cut.sign == 1.0
+    assert regressor.uses_cut
+    assert regressor.cut.spearman > regressor.proxy_spearman
+    regressor.save(tmp_path)
+    loaded = EarlyStopRegressor.load(tmp_path)
+    assert loaded.cut == regressor.cut
+    assert loaded.proxy_spearman == pytest.approx(regressor.proxy_spearman)
+    # a regressor saved before the cut signal existed loads without one
+    schema = json.loads((tmp_path / "regressor.json").read_text())
+    del schema["cut"], schema["proxy_spearman"]
+    (tmp_path / "regressor.json").write_text(json.dumps(schema))
+    old = EarlyStopRegressor.load(tmp_path)
+    assert old.cut is None and not old.uses_cut
+
+
+def test_where_the_configuration_matters_more_the_proxy_is_kept():
+    """y = q + 12·x: the curves show q only; the regressor also knows x (via the prior)."""
+    corpus = Corpus(dict(SPACE), [_dataset(f"d{i}", i, config_weight=12.0) for i in range(5)])
+    regressor = fit_prior(corpus, grid=[TreeParams(n_estimators=30)], n_models=1).regressor
+    assert regressor is not None and regressor.cut is not None
+    assert regressor.proxy_spearman > regressor.cut.spearman
+    assert not regressor.uses_cut
+
+
+def _early_stopped(config: dict, cut_quality: float, proxy: float) -> optuna.trial.FrozenTrial:
+    dynamics = _curve(70.0, cut_quality, np.random.default_rng(1))
+    return create_trial(
+        state=TrialState.PRUNED,
+        params=config,
+        distributions=SPACE,
+        user_attrs={
+            "fidelity": 0.5,
+            PROXY_ATTR: proxy,
+            PROXY_VARIANCE_ATTR: 0.5,
+            DYNAMICS_ATTR: dynamics.to_json(),
+        },
+    )
+
+
+def _study_with_disagreeing_signals() -> optuna.Study:
+    """Three early stops: the best cut (trial 1) has the worst proxy."""
+    study = optuna.create_study(direction="maximize")
+    for i, (cut, proxy) in enumerate([(0.0, 0.5), (2.0, -1.0), (1.0, 1.5)]):
+        study.add_trial(_early_stopped({"x": 0.1 * (i + 1), "w": 0.5}, cut, proxy))
+    return study
+
+
+def test_the_sampler_observes_the_cut_standardised_within_the_study(prior):
+    study = _study_with_disagreeing_signals()
+    sampler = AutoPipeSampler(prior, {"size": 0.0}, seed=0, search_space=SPACE)
+    signal = prior.regressor.cut
+    observed = sampler._observations(study.trials, SPACE, study.direction)
+    cuts = np.array(
+        [
+            signal.value(_curve(70.0, q, np.random.default_rng(1)), fraction=0.5)
+            for q in (0.0, 2.0, 1.0)
+        ]
+    )
+    # (the dynamics attr keeps 7 significant digits)
+    np.testing.assert_allclose([o.z for o in observed], signal.slope * standardise(cuts), atol=1e-5)
+    assert all(o.variance == signal.variance for o in observed)
+    assert sampler.recommend(study) == study.trials[1].params
+    proxies = AutoPipeSampler(prior, {"size": 0.0}, search_space=SPACE, early_stop_signal="proxy")
+    assert [o.z for o in proxies._observations(study.trials, SPACE, study.direction)] == [
+        0.5,
+        -1.0,
+        1.5,
+    ]
+    assert proxies.recommend(study) == study.trials[2].params
+
+
+def test_a_trial_without_dynamics_makes_every_early_stop_use_its_proxy(prior):
+    study = _study_with_disagreeing_signals()
+    bare = create_trial(
+        state=TrialState.PRUNED,
+        params={"x": 0.9, "w": 0.9},
+        distributions=SPACE,
+        user_attrs={"fidelity": 0.5, PROXY_ATTR: 0.0, PROXY_VARIANCE_ATTR: 0.5},
+    )
+    study.add_trial(bare)
+    sampler = AutoPipeSampler(prior, {"size": 0.0}, search_space=SPACE)
+    observed = sampler._observations(study.trials, SPACE, study.direction)
+    assert [o.z for o in observed] == [0.5, -1.0, 1.5, 0.0]
+
+
+def test_early_stop_signal_is_checked(prior):
+    with pytest.raises(ValueError, match="early_stop_signal must be"):
+        AutoPipeSampler(prior, {"size": 0.0}, early_stop_signal="loss")
+    without_cut = Prior(ranker=prior.ranker, regressor=None)
+    with pytest.raises(ValueError, match="needs a prior whose early-stop regressor has a cut"):
+        AutoPipeSampler(without_cut, {"size": 0.0}, early_stop_signal="cut")
+    with pytest.raises(ValueError, match="needs a prior whose early-stop regressor has a cut"):
+        AutoPipeSampler(None, early_stop_signal="cut")
