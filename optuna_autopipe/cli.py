@@ -25,7 +25,7 @@ from objectives.registry import BENCHMARKS
 
 DEFAULT_METHODS = (
     "random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,"
-    "autopipe,autopipe-full,no-residual,no-bo,no-offline"
+    "autopipe,autopipe-proxy,autopipe-full,no-residual,no-bo,no-offline"
 )
 
 

@@ -20,6 +20,12 @@ fit time (the ensemble's spread alone is far smaller than its real error). A run
 finite point before the cut in any metric the regressor was trained on gets the defined
 fallback r̂ = 0 (the prior alone; ẑ = 0 for ``"direct"``) with the variance of the training
 targets.
+
+At fit time the regressor also measures how well its proxy ranks runs within a dataset out
+of fold (``proxy_spearman``: mean within-dataset Spearman of ŷ with z(y) on held-out groups)
+and picks the corpus's best cut signal (``cut``, ``cut_signal.py``: one dynamics feature
+compared within a dataset); ``uses_cut`` says which of the two ranked better, and the
+sampler's ``early_stop_signal="auto"`` follows it.
 """
 
 from __future__ import annotations

@@ -8,14 +8,19 @@ Each suggestion (paper B.3), for the study's search space:
 2. s(x): the prior's score, standardised over the base candidate set (0 without a prior).
 3. Observations, as z-values oriented so that higher is better: an early-stopped trial gives
    its proxy (``autopipe:proxy``, or s(x) + ``autopipe:residual``) with the regressor's
-   variance; a full-fidelity trial gives its value standardised over the study's full-fidelity
-   values, with variance ``full_noise``. Targets: r = z − s(x) (``residual=True``) or z.
+   variance, or, when the prior's corpus found the score at the cut to rank runs better
+   (``early_stop_signal``, ``cut_signal.py``), β·ĉ with ĉ that score standardised over the
+   study's early-stopped trials; a full-fidelity trial gives its value standardised over the
+   study's full-fidelity values, with variance ``full_noise``. Targets: r = z − s(x)
+   (``residual=True``) or z.
 4. b = inverse-variance weighted mean of the targets; the GP (``residual_gp.py``) is fitted on
    the centred targets with per-point noise max(variance, ``noise_floor``).
 5. Next configuration: argmax of UCB_t(x) = λ_t·s(x) + b + μ_t(x) + κ_t·σ_t(x)
-   (``acquisition.py``). The first ``n_startup`` trials instead take diverse configurations
-   among the prior's ``startup_pool`` best (greedy max-min distance to everything tried);
-   ``bo=False`` takes the prior's best untried configuration every time.
+   (``acquisition.py``; exact, with σ computed only where a cheap bound leaves the
+   candidate a chance, ``acquisition.best_first``). The first ``n_startup`` trials instead
+   take diverse configurations among the prior's ``startup_pool`` best (greedy max-min
+   distance to everything tried); ``bo=False`` takes the prior's best untried
+   configuration every time.
 
 The chosen configuration is claimed on the trial (user attr ``autopipe:claim``); the sampler
 then re-reads the study and moves to its next choice if another trial holds the same
@@ -484,8 +489,21 @@ class AutoPipeSampler(BaseSampler):
             )
         return observed
 
+    def _best_cut(
+        self, trials: Sequence[FrozenTrial], space: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """The configuration with the best score at the cut among the observed trials, full
+        or early-stopped (``None`` without the cut signal or when any lacks the score)."""
+        if self._signal is None:
+            return None
+        seen = [t for t in trials if self._observation(t, space) is not None]
+        cuts = [self._cut_value(t) for t in seen]
+        if not np.isfinite(cuts).all():
+            return None
+        return {n: seen[int(np.argmax(cuts))].params[n] for n in space}
+
     def _cut_value(self, trial: FrozenTrial) -> float:
-        """The oriented cut feature of an early-stopped trial's dynamics (NaN without)."""
+        """The oriented cut feature of a trial's recorded dynamics (NaN without)."""
         record = trial.user_attrs.get(DYNAMICS_ATTR)
         if not isinstance(record, str):
             return math.nan
@@ -583,14 +601,16 @@ class AutoPipeSampler(BaseSampler):
     ) -> dict[str, Any]:
         """The configuration to verify at full fidelity (or to use).
 
-        The best full-fidelity value when the study has one; otherwise, among the
-        early-stopped configurations, ``rule="proxy"`` (default): the best proxy as observed;
+        The best full-fidelity value when the study has one (with the cut signal and
+        early-stopped trials too: the best score at the cut among all of them, a run that
+        completed competing with its own score at the cut); otherwise, among the
+        early-stopped configurations, ``rule="proxy"`` (default): the best observation as
+        observed (the proxy, or the score at the cut with the cut signal);
         ``rule="belief"``: the one the model believes best,
         ẑ(x) = s(x) + b + μ(x) (``residual=False`` or no prior: b + μ(x)), the GP's posterior
-        mean at that point, which shrinks a noisy proxy towards the prior and its neighbours
-        (no exploration bonus here). Measured on the replays (budget 15, 25% stops, grouped
-        LODO): proxy 0.537 vs belief 0.666 normalised regret on NMT (5 seeds), 0.233 vs 0.248
-        on LCBench (3 seeds); the belief kept the prior's top in the live demo.
+        mean at that point, which shrinks a noisy observation towards the prior and its
+        neighbours (no exploration bonus here). The README compares both on the replays
+        (bench methods ``autopipe`` and ``autopipe-belief-rec``).
         """
         if rule not in ("belief", "proxy"):
             raise ValueError(f"rule must be 'belief' or 'proxy', got {rule!r}.")
@@ -598,6 +618,10 @@ class AutoPipeSampler(BaseSampler):
         space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
         observed = self._observations(trials, space, study.direction) if space else []
         full = [o for o in observed if o.full]
+        if rule == "proxy" and full and len(full) < len(observed):
+            cut = self._best_cut(trials, space)
+            if cut is not None:
+                return cut
         if full:
             return dict(max(full, key=lambda o: o.z).config)
         if not observed:

@@ -168,6 +168,31 @@ def test_the_sampler_observes_the_cut_standardised_within_the_study(prior):
     assert proxies.recommend(study) == study.trials[2].params
 
 
+@pytest.mark.parametrize("complete_cut", [0.5, 3.0])
+def test_a_run_that_completed_competes_with_the_early_stops_by_its_score_at_the_cut(
+    prior, complete_cut
+):
+    """A short run completes inside the early-stop phase; its final value is on another
+    scale than the early stops, so the recommendation compares scores at the cut."""
+    study = _study_with_disagreeing_signals()
+    completed = create_trial(
+        value=1.0,
+        params={"x": 0.7, "w": 0.7},
+        distributions=SPACE,
+        user_attrs={
+            "fidelity": 1.0,
+            DYNAMICS_ATTR: _curve(70.0, complete_cut, np.random.default_rng(1)).to_json(),
+        },
+    )
+    study.add_trial(completed)
+    sampler = AutoPipeSampler(prior, {"size": 0.0}, search_space=SPACE)
+    best = completed if complete_cut > 2.0 else study.trials[1]
+    assert sampler.recommend(study) == best.params
+    assert sampler.recommend(study, rule="belief") == completed.params
+    proxies = AutoPipeSampler(prior, {"size": 0.0}, search_space=SPACE, early_stop_signal="proxy")
+    assert proxies.recommend(study) == completed.params
+
+
 def test_a_trial_without_dynamics_makes_every_early_stop_use_its_proxy(prior):
     study = _study_with_disagreeing_signals()
     bare = create_trial(
