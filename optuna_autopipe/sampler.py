@@ -177,7 +177,7 @@ class AutoPipeSampler(BaseSampler):
         self.noise_floor = noise_floor
         self.early_stop_params = None if early_stop_params is None else tuple(early_stop_params)
         self._signal = self._choose_signal(early_stop_signal)
-        self._cut_values: dict[str, float] = {}
+        self._cut_values: dict[int, float] = {}
         self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._independent = RandomSampler(seed=seed)
         self._warned: set[str] = set()
@@ -507,12 +507,13 @@ class AutoPipeSampler(BaseSampler):
         record = trial.user_attrs.get(DYNAMICS_ATTR)
         if not isinstance(record, str):
             return math.nan
-        if record not in self._cut_values:  # a finished trial's dynamics never change
-            assert self._signal is not None and self.prior is not None
+        key = hash(record)  # a finished trial's dynamics never change
+        if key not in self._cut_values:
+            assert self._signal is not None and self.prior and self.prior.regressor
             dynamics = TrainingDynamics.from_json(record, source=f"trial {trial.number}")
             fraction = self.prior.regressor.fraction
-            self._cut_values[record] = self._signal.value(dynamics, fraction=fraction)
-        return self._cut_values[record]
+            self._cut_values[key] = self._signal.value(dynamics, fraction=fraction)
+        return self._cut_values[key]
 
     def _fit(
         self, observed: list[_Observation], encoder: SpaceEncoder, base: _Candidates
