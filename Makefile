@@ -44,7 +44,7 @@ bench-quick: $(STAMP)
 
 # The README's results: 5 seeds, both benchmarks (NMT under both hold-out protocols), every
 # baseline, AutoPipe and its ablations and cut sensitivity (about 1.5 h on 2 cores).
-FINAL := --seeds 5 --methods random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,autopipe,autopipe-proxy,autopipe-full,no-residual,no-bo,no-offline,autopipe-50,autopipe-75,autopipe-belief-rec
+FINAL := --seeds 5 --methods random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,random-cut,tpe-cut,autopipe,autopipe-proxy,autopipe-full,no-residual,no-bo,no-offline,autopipe-50,autopipe-75,autopipe-belief-rec
 bench: $(STAMP)
 	$(VENV)/bin/autopipe bench --benchmark nmt $(FINAL) --out runs/bench/nmt
 	$(VENV)/bin/autopipe bench --benchmark nmt $(FINAL) --protocol lodo --out runs/bench/nmt-lodo

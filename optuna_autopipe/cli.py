@@ -24,7 +24,7 @@ from objectives.data import BenchmarkDataError, download
 from objectives.registry import BENCHMARKS
 
 DEFAULT_METHODS = (
-    "random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,"
+    "random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,random-cut,tpe-cut,"
     "autopipe,autopipe-proxy,autopipe-full,no-residual,no-bo,no-offline"
 )
 

@@ -178,6 +178,27 @@ def test_early_stop_baselines_spend_half_runs_then_verify_the_best_proxy(nmt):
         assert record["cost"] < 4
 
 
+@pytest.mark.parametrize("name", ["random-cut", "tpe-cut"])
+def test_cut_baselines_stop_at_a_quarter_then_verify_the_best_score_seen_there(nmt, name):
+    task = nmt.task("ted-zh-en")  # perplexity: lower is better
+    ctx = Context(
+        task=task,
+        offline=nmt.offline(task.name, "grouped"),
+        seed=3,
+        budget=4,
+        evaluations={},
+        study_name=f"cut/{name}",
+    )
+    study = get_method(name)(ctx)
+    early = study.trials[:4]
+    assert all(t.user_attrs["fidelity"] <= 0.3 or t.state == TrialState.COMPLETE for t in early)
+    assert not any(PROXY_ATTR in t.user_attrs for t in early)  # no model involved
+    seen = [t.intermediate_values[max(t.intermediate_values)] for t in early]
+    best = early[int(np.argmin(seen))]
+    assert study.trials[-1].params == best.params
+    assert study.trials[-1].state == TrialState.COMPLETE
+
+
 @pytest.mark.parametrize(
     ("direction", "metric", "reported"),
     [

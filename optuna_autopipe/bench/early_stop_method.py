@@ -1,13 +1,17 @@
-"""Early-stop variants of the sequential baselines: ``random-es`` and ``tpe-es`` (paper C.2.2).
+"""Early-stop variants of the sequential baselines: ``random-es``, ``tpe-es`` and ``-cut``.
 
-Each of the ``budget`` evaluations runs the replay to ``FRACTION`` of its
-planned length through ``AutoPipeEarlyStop``; the trial ends PRUNED and the direct
-early-stop regressor (trained on the offline datasets to predict z(y), no prior) turns its
-dynamics into a proxy ẑ. The baseline's sampler learns from the proxies through an
-in-memory guide study (ask/tell), so the benchmark study itself keeps the honest record:
-PRUNED trials with their proxies in user attrs. After the budget, the configuration with
-the best proxy is verified once at full fidelity, its cost included; a run that converged
-before the cut is complete already (its proxy still comes from its recorded dynamics).
+``random-es``, ``tpe-es`` (paper C.2.2): each of the ``budget`` evaluations runs the replay
+to ``FRACTION`` of its planned length through ``AutoPipeEarlyStop``; the trial ends PRUNED
+and the direct early-stop regressor (trained on the offline datasets to predict z(y), no
+prior) turns its dynamics into a proxy ẑ. ``random-cut``, ``tpe-cut``: what an Optuna user
+does without any model, stop at AutoPipe's ``CUT_FRACTION`` and optimise the score the
+study saw there (the last intermediate value), the signal AutoPipe's cut signal compares.
+
+The baseline's sampler learns from these values through an in-memory guide study
+(ask/tell), so the benchmark study itself keeps the honest record: PRUNED trials with their
+proxies in user attrs. After the budget, the configuration with the best value is verified
+once at full fidelity, its cost included; a run that converged before the cut is complete
+already (its proxy still comes from its recorded dynamics).
 
 Registered on import; ``optuna_autopipe.bench.methods`` imports this module on first use.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Literal
 
 import optuna
 
@@ -28,6 +33,8 @@ from optuna_autopipe.regressor import EarlyStopRegressor
 
 #: Early-stop point, as a share of the planned training length.
 FRACTION = 0.5
+#: Early-stop point of the ``-cut`` variants: AutoPipe's, so both cost the same.
+CUT_FRACTION = 0.25
 #: Runs per offline dataset the regressor is trained on (one observed run each).
 CORPUS_ROWS = 500
 
@@ -49,23 +56,38 @@ def direct_regressor(
 
 def early_stopped(
     make_sampler: Callable[[Context], optuna.samplers.BaseSampler],
+    *,
+    signal: Literal["proxy", "cut"] = "proxy",
 ) -> Callable[[Context], optuna.Study]:
-    """A method spending ``budget`` early-stopped evaluations, then one verification run."""
+    """A method spending ``budget`` early-stopped evaluations, then one verification run.
+
+    ``signal="proxy"``: stops at ``FRACTION``, the direct regressor's proxy is the value;
+    ``"cut"``: stops at ``CUT_FRACTION`` and the value is what the study itself saw there,
+    the last intermediate value (no model).
+    """
 
     def run(ctx: Context) -> optuna.Study:
-        regressor = direct_regressor(tuple(ctx.offline))
-        guide = optuna.create_study(direction="maximize", sampler=make_sampler(ctx))
+        direction = "maximize" if signal == "proxy" else ctx.task.direction
+        guide = optuna.create_study(direction=direction, sampler=make_sampler(ctx))
         study = ctx.study(optuna.samplers.RandomSampler(seed=ctx.seed))
-        objective = ctx.objective(fraction=FRACTION, regressor=regressor)
-        proxies: dict[int, float] = {}
+        if signal == "proxy":
+            regressor = direct_regressor(tuple(ctx.offline))
+            objective = ctx.objective(fraction=FRACTION, regressor=regressor)
+        else:
+            objective = ctx.objective(fraction=CUT_FRACTION)
+        values: dict[int, float] = {}
         for _ in range(ctx.budget):
             asked = guide.ask(ctx.task.search_space)
             study.enqueue_trial(asked.params)
             study.optimize(objective, n_trials=1)
             trial = study.trials[-1]
-            proxies[trial.number] = _proxy(trial, regressor, ctx.task)
-            guide.tell(asked, proxies[trial.number])
-        best = study.trials[max(proxies, key=proxies.__getitem__)]
+            if signal == "proxy":
+                values[trial.number] = _proxy(trial, regressor, ctx.task)
+            else:
+                values[trial.number] = trial.intermediate_values[max(trial.intermediate_values)]
+            guide.tell(asked, values[trial.number])
+        better = max if direction == "maximize" else min
+        best = study.trials[better(values, key=values.__getitem__)]
         if best.state != optuna.trial.TrialState.COMPLETE:
             study.enqueue_trial(best.params, user_attrs={"autopipe:verifies": best.number})
             study.optimize(ctx.objective(), n_trials=1)
@@ -87,3 +109,9 @@ def _proxy(
 
 register("random-es")(early_stopped(lambda ctx: optuna.samplers.RandomSampler(seed=ctx.seed)))
 register("tpe-es")(early_stopped(lambda ctx: optuna.samplers.TPESampler(seed=ctx.seed)))
+register("random-cut")(
+    early_stopped(lambda ctx: optuna.samplers.RandomSampler(seed=ctx.seed), signal="cut")
+)
+register("tpe-cut")(
+    early_stopped(lambda ctx: optuna.samplers.TPESampler(seed=ctx.seed), signal="cut")
+)
