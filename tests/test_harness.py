@@ -205,3 +205,20 @@ def test_truncated_gzip_is_named(tmp_path, capsys):
     (tmp_path / "nmt" / "nmtlc-scratch.jsonl.gz").write_bytes(gzip.compress(raw))
     code = main(_bench_argv("nmt", tmp_path))
     assert code == 2 and "unreadable" in capsys.readouterr().err
+
+
+def test_every_method_name_resolves_in_a_fresh_process():
+    """Methods registered by lazily imported modules must be listed as lazy, or a fresh
+    process (a spawned bench worker, the CLI) cannot find them by name."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib; from optuna_autopipe.bench import methods as m\n"
+        "base = set(m.METHODS)\n"
+        "for module, _ in set(m._LAZY.values()):\n"
+        "    importlib.import_module(module)\n"
+        "print(sorted(set(m.METHODS) - base - set(m._LAZY)), sorted(set(m._LAZY) - set(m.METHODS)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] []"

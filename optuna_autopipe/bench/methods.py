@@ -104,18 +104,22 @@ def register(name: str) -> Callable[[Method], Method]:
 _LAZY = {
     "smac": ("optuna_autopipe.bench.smac_method", "smac"),
     "offline": ("optuna_autopipe.bench.offline_method", None),
-    "random-es": ("optuna_autopipe.bench.early_stop_method", None),
-    "tpe-es": ("optuna_autopipe.bench.early_stop_method", None),
+    **{
+        name: ("optuna_autopipe.bench.early_stop_method", None)
+        for name in ("random-es", "tpe-es", "random-cut", "tpe-cut")
+    },
     **{
         name: ("optuna_autopipe.bench.autopipe_method", None)
         for name in (
             "autopipe",
+            "autopipe-proxy",
             "autopipe-50",
             "autopipe-75",
             "autopipe-full",
             "no-residual",
             "no-bo",
             "no-offline",
+            "autopipe-belief-rec",
         )
     },
 }
