@@ -63,7 +63,8 @@ class CutSignal:
         cls, features: np.ndarray, names: Sequence[str], z: np.ndarray, groups: np.ndarray
     ) -> CutSignal | None:
         """Choose among the columns ``names`` of ``features`` (n, k) for the standardised
-        final scores ``z`` (n,) of runs in dataset ``groups`` (n,); ``None`` if none relates."""
+        final scores ``z`` (n,) of runs of the datasets ``groups`` (n,; one id per dataset,
+        not per group of related datasets); ``None`` if no column relates."""
         rhos = [within_spearman(features[:, j], z, groups) for j in range(len(names))]
         if not rhos or max(map(abs, rhos)) == 0:
             return None

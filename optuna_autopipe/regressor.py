@@ -85,7 +85,7 @@ class EarlyStopRegressor:
     target_variance: float = 1.0
     error_variance: float = 1.0
     #: Out-of-fold within-dataset Spearman of the proxy with the final score (NaN: not
-    #: measured, under 3 groups) and the cut signal it is compared with (``cut_signal.py``).
+    #: measured, under 2 groups) and the cut signal it is compared with (``cut_signal.py``).
     proxy_spearman: float = math.nan
     cut: CutSignal | None = None
     models: list[xgb.XGBRegressor] = field(default_factory=list)
@@ -153,17 +153,18 @@ class EarlyStopRegressor:
         self.kept_columns = [c for c, k in zip(columns, keep_mask, strict=True) if k]
         x, y = np.vstack(blocks)[:, keep_mask], np.concatenate(targets)
         groups = np.concatenate([np.full(len(keep), d.group) for d, keep in usable])
+        dataset = np.concatenate([np.full(len(keep), i) for i, (_, keep) in enumerate(usable)])
         self.target_variance = float(y.var())
         final, anchor = np.concatenate(finals), np.concatenate(anchors)
         predicted = self._out_of_fold(x, y, groups)
         self.error_variance = self.target_variance
         self.proxy_spearman = math.nan
         if predicted is not None:
-            self.proxy_spearman = within_spearman(anchor + predicted, final, groups)
+            self.proxy_spearman = within_spearman(anchor + predicted, final, dataset)
             if len(np.unique(groups)) >= 3:  # two folds of one dataset each misjudge the error
                 self.error_variance = float(np.mean((predicted - y) ** 2))
         dynamics_columns = np.vstack(blocks)[:, len(columns) - len(feature_names(self.metrics)) :]
-        self.cut = CutSignal.fit(dynamics_columns, feature_names(self.metrics), final, groups)
+        self.cut = CutSignal.fit(dynamics_columns, feature_names(self.metrics), final, dataset)
         self.models = [self._model(self.seed + i).fit(x, y) for i in range(self.n_models)]
         return self
 
