@@ -148,18 +148,24 @@ def test_replay_runs_through_the_hook_with_every_logged_metric(lcbench):
         assert list(trial.intermediate_values) == list(range(1, 27))
 
 
-def test_early_stop_baselines_spend_half_runs_then_verify_the_best_proxy(nmt):
+def _early_stop_baseline(nmt, name: str) -> tuple[optuna.Study, Context]:
+    """``name`` run on NMT's ted-zh-en (perplexity: lower is better) with a budget of 4."""
     task = nmt.task("ted-zh-en")
+    ctx = Context(
+        task=task,
+        offline=nmt.offline(task.name, "grouped"),
+        seed=3,
+        budget=4,
+        evaluations={},
+        study_name=f"baseline/{name}",
+    )
+    return get_method(name)(ctx), ctx
+
+
+def test_early_stop_baselines_spend_half_runs_then_verify_the_best_proxy(nmt):
     for name in ("random-es", "tpe-es"):
-        ctx = Context(
-            task=task,
-            offline=nmt.offline(task.name, "grouped"),
-            seed=3,
-            budget=4,
-            evaluations={},
-            study_name=f"es/{name}",
-        )
-        study = get_method(name)(ctx)
+        study, ctx = _early_stop_baseline(nmt, name)
+        task = ctx.task
         early = study.trials[:4]
         proxies = [
             es_method._proxy(t, es_method.direct_regressor(tuple(ctx.offline)), task) for t in early
@@ -180,16 +186,7 @@ def test_early_stop_baselines_spend_half_runs_then_verify_the_best_proxy(nmt):
 
 @pytest.mark.parametrize("name", ["random-cut", "tpe-cut"])
 def test_cut_baselines_stop_at_a_quarter_then_verify_the_best_score_seen_there(nmt, name):
-    task = nmt.task("ted-zh-en")  # perplexity: lower is better
-    ctx = Context(
-        task=task,
-        offline=nmt.offline(task.name, "grouped"),
-        seed=3,
-        budget=4,
-        evaluations={},
-        study_name=f"cut/{name}",
-    )
-    study = get_method(name)(ctx)
+    study, _ = _early_stop_baseline(nmt, name)
     early = study.trials[:4]
     assert all(t.user_attrs["fidelity"] <= 0.3 or t.state == TrialState.COMPLETE for t in early)
     assert not any(PROXY_ATTR in t.user_attrs for t in early)  # no model involved
