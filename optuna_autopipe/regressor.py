@@ -151,7 +151,8 @@ class EarlyStopRegressor:
         columns = self._all_columns()
         keep_mask = self._filter(blocks, usable, columns)
         self.kept_columns = [c for c, k in zip(columns, keep_mask, strict=True) if k]
-        x, y = np.vstack(blocks)[:, keep_mask], np.concatenate(targets)
+        rows = np.vstack(blocks)
+        x, y = rows[:, keep_mask], np.concatenate(targets)
         groups = np.concatenate([np.full(len(keep), d.group) for d, keep in usable])
         dataset = np.concatenate([np.full(len(keep), i) for i, (_, keep) in enumerate(usable)])
         self.target_variance = float(y.var())
@@ -163,8 +164,8 @@ class EarlyStopRegressor:
             self.proxy_spearman = within_spearman(anchor + predicted, final, dataset)
             if len(np.unique(groups)) >= 3:  # two folds of one dataset each misjudge the error
                 self.error_variance = float(np.mean((predicted - y) ** 2))
-        dynamics_columns = np.vstack(blocks)[:, len(columns) - len(feature_names(self.metrics)) :]
-        self.cut = CutSignal.fit(dynamics_columns, feature_names(self.metrics), final, dataset)
+        names = feature_names(self.metrics)  # the last columns of every row
+        self.cut = CutSignal.fit(rows[:, len(columns) - len(names) :], names, final, dataset)
         self.models = [self._model(self.seed + i).fit(x, y) for i in range(self.n_models)]
         return self
 

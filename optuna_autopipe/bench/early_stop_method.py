@@ -19,7 +19,7 @@ Registered on import; ``optuna_autopipe.bench.methods`` imports this module on f
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Literal
 
 import optuna
@@ -70,21 +70,21 @@ def early_stopped(
         direction = "maximize" if signal == "proxy" else ctx.task.direction
         guide = optuna.create_study(direction=direction, sampler=make_sampler(ctx))
         study = ctx.study(optuna.samplers.RandomSampler(seed=ctx.seed))
+        value: Callable[[optuna.trial.FrozenTrial], float]
         if signal == "proxy":
             regressor = direct_regressor(tuple(ctx.offline))
             objective = ctx.objective(fraction=FRACTION, regressor=regressor)
+            value = partial(_proxy, regressor=regressor, task=ctx.task)
         else:
             objective = ctx.objective(fraction=CUT_FRACTION)
+            value = _seen_at_cut
         values: dict[int, float] = {}
         for _ in range(ctx.budget):
             asked = guide.ask(ctx.task.search_space)
             study.enqueue_trial(asked.params)
             study.optimize(objective, n_trials=1)
             trial = study.trials[-1]
-            if signal == "proxy":
-                values[trial.number] = _proxy(trial, regressor, ctx.task)
-            else:
-                values[trial.number] = trial.intermediate_values[max(trial.intermediate_values)]
+            values[trial.number] = value(trial)
             guide.tell(asked, values[trial.number])
         better = max if direction == "maximize" else min
         best = study.trials[better(values, key=values.__getitem__)]
@@ -94,6 +94,11 @@ def early_stopped(
         return study
 
     return run
+
+
+def _seen_at_cut(trial: optuna.trial.FrozenTrial) -> float:
+    """The last intermediate value the study saw (the score at the cut)."""
+    return trial.intermediate_values[max(trial.intermediate_values)]
 
 
 def _proxy(
