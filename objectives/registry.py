@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from objectives.data import data_root
 from objectives.lcbench import load_lcbench
 from objectives.nmt import load_nmt
-from objectives.replay import ReplayTask
+from objectives.replay import ReplayTask, stable_seed
 
-Protocol = Literal["lodo", "grouped"]
+Protocol = Literal["lodo", "grouped", "single-source", "few-source"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,8 @@ class Benchmark:
 
     ``groups`` maps a dataset to its family; datasets of one family are held out together
     under the ``grouped`` protocol (NMT's corpus pairs agree almost perfectly, so plain
-    leave-one-out leaks the held-out answer through the partner).
+    leave-one-out leaks the held-out answer through the partner), and the ``single-source``
+    and ``few-source`` protocols draw their sources from the other families only.
     """
 
     name: str
@@ -37,14 +39,58 @@ class Benchmark:
             f"choose from {[t.name for t in self.tasks]}."
         )
 
-    def offline(self, target: str, protocol: Protocol) -> list[ReplayTask]:
-        """The datasets a method may learn from when ``target`` is held out."""
-        if protocol not in ("lodo", "grouped"):
-            raise ValueError(f"Unknown protocol {protocol!r}; choose 'lodo' or 'grouped'.")
-        held = {target}
-        if protocol == "grouped":
-            held |= {d for d, g in self.groups.items() if g == self.groups[target]}
-        return [t for t in self.tasks if t.name not in held]
+    def offline(
+        self, target: str, protocol: Protocol, *, replicate: int = 0, sources: int = 2
+    ) -> list[ReplayTask]:
+        """The datasets a method may learn from when ``target`` is held out.
+
+        - ``lodo``: every other dataset; ``grouped``: every dataset outside ``target``'s group.
+        - ``single-source``: one dataset of another group, the one at position
+          ``replicate mod n`` of ``candidate_sources(target)`` (n candidates).
+        - ``few-source``: ``sources`` (K) datasets of other groups, those at positions
+          ``replicate·K, replicate·K + 1, ...`` (mod n) of ``candidate_sources(target)``;
+          K must be below n so that they are distinct.
+
+        The harness passes the seed index as ``replicate``, so each seed of a target learns
+        from a different, fixed choice of sources.
+        """
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"Unknown protocol {protocol!r}; choose from {list(PROTOCOLS)}.")
+        self.task(target)  # an unknown target is named
+        if protocol in ("lodo", "grouped"):
+            held = {target}
+            if protocol == "grouped":
+                held |= {d for d, g in self.groups.items() if g == self.groups[target]}
+            return [t for t in self.tasks if t.name not in held]
+        candidates = self.candidate_sources(target)
+        if protocol == "few-source" and not 1 <= sources < len(candidates):
+            raise ValueError(
+                f"few-source needs 1 <= K < {len(candidates)} (the number of datasets outside "
+                f"{target!r}'s group); got K = {sources}."
+            )
+        if not candidates:
+            raise ValueError(f"{target!r} has no dataset outside its group to learn from.")
+        count = 1 if protocol == "single-source" else sources
+        start = replicate * count
+        return [self.task(candidates[(start + i) % len(candidates)]) for i in range(count)]
+
+    def candidate_sources(self, target: str) -> list[str]:
+        """The datasets of the groups other than ``target``'s, in round-robin order.
+
+        Groups are ordered by ``stable_seed(benchmark, target, group)`` and each group's
+        datasets by ``stable_seed(benchmark, target, dataset)``; the list takes the first
+        dataset of every group in that order, then the second of every group, and so on.
+        """
+        own = self.groups[self.task(target).name]
+        members: dict[str, list[str]] = {}
+        for task in self.tasks:
+            if self.groups[task.name] != own:
+                members.setdefault(self.groups[task.name], []).append(task.name)
+        order = sorted(members, key=lambda g: (stable_seed(self.name, target, g), g))
+        for group in order:
+            members[group].sort(key=lambda d: (stable_seed(self.name, target, d), d))
+        depth = max((len(m) for m in members.values()), default=0)
+        return [members[g][i] for i in range(depth) for g in order if i < len(members[g])]
 
 
 def _nmt(root: Any, **_: Any) -> Benchmark:

@@ -26,7 +26,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 
 from optuna_autopipe.dynamics import TrainingDynamics
-from optuna_autopipe.early_stop import AutoPipeEarlyStop
+from optuna_autopipe.early_stop import CHECKPOINT_ATTR, AutoPipeEarlyStop, resume_checkpoint
 from optuna_autopipe.space import suggest
 
 if TYPE_CHECKING:
@@ -177,7 +177,8 @@ class ReplayTask(abc.ABC):
         """Steps a run of ``total`` recorded steps makes when stopped at ``fraction``."""
         return total if fraction >= 1.0 else min(self.prefix_steps(fraction), total)
 
-    def _evaluation(self, curve: Curve, n: int) -> Evaluation:
+    def _evaluation(self, curve: Curve, n: int, start: int = 0) -> Evaluation:
+        """Steps ``start+1 .. n`` of ``curve`` run now (``start`` > 0: resumed there)."""
         total = len(curve.values)
         return Evaluation(
             config=curve.config,
@@ -185,8 +186,8 @@ class ReplayTask(abc.ABC):
             value=self.score_of(curve.values[:n]),
             true_score=curve.true_score,
             fidelity=n / total,
-            cost=n / total,
-            cost_real=float(curve.costs[n - 1]),
+            cost=(n - start) / total,
+            cost_real=float(curve.costs[n - 1] - (curve.costs[start - 1] if start else 0.0)),
         )
 
     def objective(
@@ -207,12 +208,17 @@ class ReplayTask(abc.ABC):
         equivalents for the whole study), a run that would exceed it is cut where the budget
         ends and pruned. The noise of trial ``k`` is drawn from ``default_rng([seed, k])``,
         so a study is reproducible.
+
+        An early stop leaves the checkpoint ``replay:<trial>:<step>``; a promoted trial
+        resuming from it (``early_stop.promote``) continues that very run (same noise) from
+        the step after, and costs only the steps it adds.
         """
         spent = [0.0]
 
         def run(trial: optuna.trial.Trial) -> float:
             config = {name: suggest(trial, name, dist) for name, dist in self.search_space.items()}
-            curve = self.curve(config, np.random.default_rng([seed, trial.number]))
+            source, start = _resumed(trial)
+            curve = self.curve(config, np.random.default_rng([seed, source]))
             if curve.config != config:
                 trial.set_user_attr("mapped_to", curve.config)
             hook = AutoPipeEarlyStop(
@@ -224,12 +230,12 @@ class ReplayTask(abc.ABC):
             )
             dynamics = self.dynamics(curve)
             total = len(curve.values)
-            for n in range(1, total + 1):
-                if budget is not None and spent[0] + n / total > budget + 1e-9:
-                    if n > 1:
+            for n in range(start + 1, total + 1):
+                if budget is not None and spent[0] + (n - start) / total > budget + 1e-9:
+                    if n > start + 1:
                         hook.write(
                             fidelity=self._finish(
-                                trial, curve, n - 1, spent, on_evaluation
+                                trial, curve, n - 1, spent, on_evaluation, start
                             ).fidelity
                         )
                     trial.set_user_attr("budget_exhausted", True)
@@ -240,7 +246,9 @@ class ReplayTask(abc.ABC):
                     hook.prune()
                 if n == total or stop or hook.pruned:
                     break
-            evaluation = self._finish(trial, curve, n, spent, on_evaluation)
+            evaluation = self._finish(trial, curve, n, spent, on_evaluation, start)
+            if hook.stopped_early and evaluation.fidelity < 1.0:
+                trial.set_user_attr(CHECKPOINT_ATTR, f"replay:{trial.number}:{n}")
             hook.finish(fidelity=evaluation.fidelity)
             return evaluation.value
 
@@ -253,8 +261,9 @@ class ReplayTask(abc.ABC):
         n: int,
         spent: list[float],
         on_evaluation: Callable[[optuna.trial.Trial, Evaluation], None] | None,
+        start: int = 0,
     ) -> Evaluation:
-        evaluation = self._evaluation(curve, n)
+        evaluation = self._evaluation(curve, n, start)
         spent[0] += evaluation.cost
         trial.set_user_attr("fidelity", evaluation.fidelity)
         trial.set_user_attr("cost", evaluation.cost)
@@ -263,6 +272,16 @@ class ReplayTask(abc.ABC):
         if on_evaluation is not None:
             on_evaluation(trial, evaluation)
         return evaluation
+
+
+def _resumed(trial: optuna.trial.Trial) -> tuple[int, int]:
+    """(trial whose run this is, steps already run): ``(trial.number, 0)`` for a fresh run,
+    the early-stopped trial and its stop step for a promotion resuming a replay checkpoint."""
+    checkpoint = resume_checkpoint(trial)
+    if checkpoint is None or not checkpoint.startswith("replay:"):
+        return trial.number, 0
+    _, number, step = checkpoint.split(":")
+    return int(number), int(step)
 
 
 def stable_seed(*parts: object) -> int:

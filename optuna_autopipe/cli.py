@@ -1,7 +1,7 @@
 """The ``autopipe`` command line.
 
     autopipe bench --benchmark {nmt,lcbench} --methods random,tpe,... --budget 15 --seeds 5 \
-        [--storage URL] --out DIR
+        [--storage URL] [--protocol P [--sources K]] [--prior-noise MODE] --out DIR
     autopipe demo [--out DIR] [--budget N]
     autopipe corpus generate --out DIR [--runs N] [--workers K] [--datasets A,B]
     autopipe corpus report --out DIR [--seed-spread DATASET]
@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from objectives.data import BenchmarkDataError, download
-from objectives.registry import BENCHMARKS
+from objectives.registry import BENCHMARKS, PROTOCOLS
+from optuna_autopipe.bench.prior_noise import PRIOR_NOISE
 
 DEFAULT_METHODS = (
     "random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,random-cut,tpe-cut,"
@@ -148,9 +149,24 @@ def _bench_arguments(parser: argparse.ArgumentParser, *, out_default: str | None
     parser.add_argument("--datasets", type=_methods, default=None, help="comma-separated subset")
     parser.add_argument(
         "--protocol",
-        choices=("grouped", "lodo"),
+        choices=PROTOCOLS,
         default="grouped",
-        help="hold out a dataset with its family (grouped) or alone (lodo)",
+        help="what a method may learn from: every dataset outside the held-out one's family "
+        "(grouped), every other dataset (lodo), one dataset of another family (single-source) "
+        "or K of them (few-source); the source protocols pick different sources per seed",
+    )
+    parser.add_argument(
+        "--sources",
+        type=_positive,
+        default=None,
+        help="K, the number of source datasets of --protocol few-source (default 2)",
+    )
+    parser.add_argument(
+        "--prior-noise",
+        choices=PRIOR_NOISE,
+        default="none",
+        help="wrong-prior stress for the methods using the ranking prior: its scores negated "
+        "(inverted) or replaced by a fixed random score per configuration (shuffled)",
     )
     parser.add_argument("--noise-sd", type=float, default=1.0, help="LCBench observation noise")
     parser.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
@@ -169,7 +185,10 @@ def _fractions(text: str) -> tuple[float, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "bench" and args.sources is not None and args.protocol != "few-source":
+        parser.error("argument --sources: only with --protocol few-source")
     try:
         if args.command == "data":
             for path in download(args.benchmark, args.data_dir, overwrite=args.overwrite):
@@ -296,6 +315,8 @@ def _bench(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         noise_sd=args.noise_sd,
         workers=args.workers,
+        sources=args.sources or 2,
+        prior_noise=args.prior_noise,
     )
     outputs = run_bench(spec)
     print(outputs.summary.read_text())

@@ -77,6 +77,19 @@ class DatasetRuns:
         """Scores oriented so that higher is better, shape ``(n,)``."""
         return self.scores if self.direction == "maximize" else -self.scores
 
+    def take(self, rows: Sequence[int] | np.ndarray) -> DatasetRuns:
+        """The same dataset with only the runs at ``rows``."""
+        return DatasetRuns(
+            name=self.name,
+            direction=self.direction,
+            features=self.features,
+            configs=[self.configs[i] for i in rows],
+            scores=self.scores[np.asarray(rows, dtype=int)],
+            group=self.group,
+            costs=[self.costs[i] for i in rows],
+            dynamics=[self.dynamics[i] for i in rows],
+        )
+
 
 @dataclass
 class Corpus:
@@ -111,22 +124,15 @@ class Corpus:
     def subsample(self, n: int, *, seed: int = 0) -> Corpus:
         """At most ``n`` runs per dataset, drawn without replacement (seeded)."""
         rng = np.random.default_rng(seed)
-        datasets = []
-        for d in self.datasets:
-            keep = np.sort(rng.permutation(len(d.configs))[:n])
-            datasets.append(
-                DatasetRuns(
-                    name=d.name,
-                    direction=d.direction,
-                    features=d.features,
-                    configs=[d.configs[i] for i in keep],
-                    scores=d.scores[keep],
-                    group=d.group,
-                    costs=[d.costs[i] for i in keep],
-                    dynamics=[d.dynamics[i] for i in keep],
-                )
-            )
-        return Corpus(self.space, datasets)
+        return Corpus(
+            self.space,
+            [d.take(np.sort(rng.permutation(len(d.configs))[:n])) for d in self.datasets],
+        )
+
+    def with_dynamics(self) -> Corpus:
+        """The runs that recorded training dynamics (datasets without any are dropped)."""
+        kept = [(d, [i for i, x in enumerate(d.dynamics) if x is not None]) for d in self.datasets]
+        return Corpus(self.space, [d.take(keep) for d, keep in kept if keep])
 
     @property
     def rankable(self) -> list[DatasetRuns]:
@@ -134,13 +140,16 @@ class Corpus:
         return [d for d in self.datasets if len(d.configs) >= 2]
 
     def require_training_data(self) -> None:
-        """Raise unless the corpus can train a ranker (two groups with two runs each)."""
-        usable = self.rankable
-        if len({d.group for d in usable}) < 2:
+        """Raise unless the corpus can train a ranker: one dataset with two runs is enough
+        (one query group; ``fit_prior`` records what a prior from so little history can and
+        cannot judge)."""
+        if not self.rankable:
+            short = [d.name for d in self.datasets if len(d.configs) < 2]
             raise ValueError(
-                f"A prior needs past runs on at least 2 datasets (with 2+ runs each); this "
-                f"corpus has {len(usable)} usable of {len(self.datasets)}. Add studies of "
-                "other datasets."
+                f"A prior needs past runs on at least 1 dataset with 2+ runs; this corpus has "
+                f"0 usable of {len(self.datasets)}"
+                + (f" (fewer than 2 runs: {short[:10]})" if short else "")
+                + ". Add finished full-fidelity trials or studies of other datasets."
             )
 
     # --- sources -------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.metrics import ranking_metrics
 from optuna_autopipe.ranker import Ranker
-from optuna_autopipe.regressor import EarlyStopRegressor, prior_scores
+from optuna_autopipe.regressor import EarlyStopRegressor, cross_fitted, prior_scores
 
 DEFAULT_GRID: tuple[TreeParams, ...] = tuple(
     TreeParams(max_depth=depth, n_estimators=trees) for depth in (3, 6) for trees in (100, 300)
@@ -130,6 +130,7 @@ def fit_prior(
     n_jobs: int = 1,
     fraction: float = 0.5,
     cross_fit: int = 4,
+    regressor_rows: int | None = None,
 ) -> Prior:
     """Grid-search the ranker on held-out groups, then fit the chosen one on everything.
 
@@ -141,8 +142,17 @@ def fit_prior(
     train on, so the grid search is skipped and the first grid point is used (recorded).
 
     Runs with training dynamics also train the residual early-stop regressor at the
-    early-stop point ``fraction``, its targets built on prior scores cross-fitted over
+    early-stop point ``fraction`` (at most ``regressor_rows`` runs with dynamics per dataset,
+    a seeded subsample; ``None``: all), its targets built on prior scores cross-fitted over
     ``cross_fit`` folds of groups (see ``prior_scores``; 0: in-sample).
+
+    Little history works too: one dataset (one ranking query; the regressor learns within
+    it) or two datasets of one group. What such a prior cannot judge is written in its
+    record instead of being judged in-sample: ``record["ranker"]`` says whether the grid
+    search ran, ``record["regressor"]`` how the proxy was judged and which early-stop
+    signal ``early_stop_signal="auto"`` will use and why (``EarlyStopRegressor.uses_cut``).
+
+    Raises ``ValueError`` for a corpus without a dataset of 2+ runs.
     """
     corpus.require_training_data()
     sample = corpus.subsample(tune_rows, seed=seed)
@@ -170,15 +180,31 @@ def fit_prior(
     )
     ranker = Ranker(params=grid[best], n_models=n_models, seed=seed, n_jobs=n_jobs)
     ranker.fit(corpus)
+    groups = len({d.group for d in corpus.rankable})
     regressor = None
-    with_dynamics = [d for d in corpus.datasets if any(x is not None for x in d.dynamics)]
-    if len({d.group for d in with_dynamics}) >= 2:
-        scores = prior_scores(corpus, ranker, folds=cross_fit)
+    dynamics = corpus.with_dynamics()
+    if regressor_rows is not None:
+        dynamics = dynamics.subsample(regressor_rows, seed=seed)
+    if any(len(d.configs) >= 2 for d in dynamics.datasets):
+        scores = prior_scores(dynamics, ranker, folds=cross_fit)
         regressor = EarlyStopRegressor(fraction=fraction, seed=seed, n_jobs=n_jobs)
-        regressor.fit(corpus, prior_scores=scores)
-    record = {
+        regressor.fit(
+            dynamics, prior_scores=scores, anchors_held_out=cross_fitted(dynamics, cross_fit)
+        )
+    record: dict[str, Any] = {
         "grid_search": trials,
         "chosen": asdict(grid[best]),
+        "ranker": {
+            "groups": groups,
+            "grid_search": "ran"
+            if any(t["ndcg@5_mean"] is not None for t in trials)
+            else (
+                "skipped: one grid point"
+                if len(grid) == 1
+                else f"skipped: {groups} group(s) of datasets, under the 3 a held-out "
+                "fold needs; the first grid point is used"
+            ),
+        },
         "corpus": {d.name: len(d.configs) for d in corpus.datasets},
         "versions": {
             "optuna_autopipe": optuna_autopipe.__version__,
@@ -187,6 +213,12 @@ def fit_prior(
         },
     }
     record["regressor"] = (
-        None if regressor is None else {"fraction": fraction, "cross_fit": cross_fit}
+        None
+        if regressor is None
+        else {
+            "cross_fit": cross_fit,
+            "anchors": "cross-fitted" if cross_fitted(dynamics, cross_fit) else "in-sample",
+            **regressor.signal_record(),
+        }
     )
     return Prior(ranker=ranker, regressor=regressor, record=record)

@@ -23,9 +23,14 @@ targets.
 
 At fit time the regressor also measures how well its proxy ranks runs within a dataset out
 of fold (``proxy_spearman``: mean within-dataset Spearman of ŷ with z(y) on held-out groups)
-and picks the corpus's best cut signal (``cut``, ``cut_signal.py``: one dynamics feature
-compared within a dataset); ``uses_cut`` says which of the two ranked better, and the
-sampler's ``early_stop_signal="auto"`` follows it.
+and picks the corpus's best cut signal (``cut``, ``cut_signal.py``: one level statistic of a
+logged metric, compared within a dataset); ``uses_cut`` says which of the two ranked better,
+and the sampler's ``early_stop_signal="auto"`` follows it. The proxy is judged only where that
+is honest: with held-out groups to predict, and, for ``"residual"``, with anchors s(x) from a
+ranker that did not see the run's group (``anchors_held_out``). Otherwise (one group of
+datasets, or in-sample anchors, whose residuals come out ≈ 0 and whose proxy then merely
+repeats the ranker's in-sample fit) ``proxy_spearman`` is NaN, ``proxy_judgement`` says why,
+and ``uses_cut`` takes the conservative option, the cut signal, a run's own score.
 """
 
 from __future__ import annotations
@@ -85,8 +90,10 @@ class EarlyStopRegressor:
     target_variance: float = 1.0
     error_variance: float = 1.0
     #: Out-of-fold within-dataset Spearman of the proxy with the final score (NaN: not
-    #: measured, under 2 groups) and the cut signal it is compared with (``cut_signal.py``).
+    #: judged, ``proxy_judgement`` says why) and the cut signal it is compared with
+    #: (``cut_signal.py``).
     proxy_spearman: float = math.nan
+    proxy_judgement: str = "not measured"
     cut: CutSignal | None = None
     models: list[xgb.XGBRegressor] = field(default_factory=list)
 
@@ -104,10 +111,18 @@ class EarlyStopRegressor:
     # --- training ------------------------------------------------------------------------
 
     def fit(
-        self, corpus: Corpus, *, prior_scores: Mapping[str, np.ndarray] | None = None
+        self,
+        corpus: Corpus,
+        *,
+        prior_scores: Mapping[str, np.ndarray] | None = None,
+        anchors_held_out: bool = True,
     ) -> EarlyStopRegressor:
         """Train on the runs with dynamics; ``prior_scores[name]``: s(x) of every run of
-        dataset ``name`` (shape ``(n_runs,)``), required for ``target="residual"``."""
+        dataset ``name`` (shape ``(n_runs,)``), required for ``target="residual"``;
+        ``anchors_held_out``: whether each dataset's scores came from a ranker that did not
+        see its group (``prior_scores(..., folds=k)``), without which the proxy is not judged.
+
+        Raises ``ValueError`` when no dataset has 2+ runs with dynamics before the cut."""
         if self.target == "residual" and prior_scores is None:
             raise ValueError(
                 "target='residual' needs the prior's scores of the corpus runs "
@@ -117,11 +132,12 @@ class EarlyStopRegressor:
         usable = [
             (d, keep) for d, keep in zip(corpus.datasets, datasets, strict=True) if len(keep) >= 2
         ]
-        if len({d.group for d, _ in usable}) < 2:
+        if not usable:
             raise ValueError(
-                "The early-stop regressor needs runs with recorded training dynamics on at "
-                f"least 2 datasets (2+ runs each); the corpus has {len(usable)}. Record "
-                "dynamics with AutoPipeEarlyStop in full-fidelity runs."
+                "The early-stop regressor needs runs with recorded training dynamics (a point "
+                f"before the cut at {self.fraction:g}) on at least 1 dataset with 2+ runs; the "
+                f"corpus has none of {len(corpus.datasets)}. Record dynamics with "
+                "AutoPipeEarlyStop in full-fidelity runs."
             )
         self.encoder = SpaceEncoder(corpus.space)
         self.dataset_features = corpus.feature_names if self.use_dataset_features else []
@@ -160,10 +176,22 @@ class EarlyStopRegressor:
         predicted = self._out_of_fold(x, y, groups)
         self.error_variance = self.target_variance
         self.proxy_spearman = math.nan
-        if predicted is not None:
+        n_groups = len(np.unique(groups))
+        if predicted is None:
+            self.proxy_judgement = f"not judged: {n_groups} group of datasets, none to hold out"
+        elif self.target == "residual" and not anchors_held_out:
+            self.proxy_judgement = (
+                "not judged: the prior scores s(x) of its targets are in-sample (the ranker saw "
+                "every group), so the proxy would repeat the ranker's own fit"
+            )
+        else:
             self.proxy_spearman = within_spearman(anchor + predicted, final, dataset)
-            if len(np.unique(groups)) >= 3:  # two folds of one dataset each misjudge the error
-                self.error_variance = float(np.mean((predicted - y) ** 2))
+            self.proxy_judgement = (
+                f"out of fold over {min(self.calibration_folds, n_groups)} folds of "
+                f"{n_groups} groups"
+            )
+        if predicted is not None and n_groups >= 3:  # two folds of one dataset misjudge it
+            self.error_variance = float(np.mean((predicted - y) ** 2))
         names = feature_names(self.metrics)  # the last columns of every row
         self.cut = CutSignal.fit(rows[:, len(columns) - len(names) :], names, final, dataset)
         self.models = [self._model(self.seed + i).fit(x, y) for i in range(self.n_models)]
@@ -191,8 +219,21 @@ class EarlyStopRegressor:
 
     @property
     def uses_cut(self) -> bool:
-        """Whether the cut signal ranked the corpus better than the out-of-fold proxy."""
-        return self.cut is not None and self.cut.spearman > self.proxy_spearman
+        """Whether the cut signal is preferred: it ranked the corpus better than the
+        out-of-fold proxy, or the proxy could not be judged (``proxy_spearman`` NaN)."""
+        if self.cut is None:
+            return False
+        return math.isnan(self.proxy_spearman) or self.cut.spearman > self.proxy_spearman
+
+    def signal_record(self) -> dict[str, Any]:
+        """What the signal choice rests on, for the prior's record (``prior.json``)."""
+        return {
+            "fraction": self.fraction,
+            "proxy_spearman": None if math.isnan(self.proxy_spearman) else self.proxy_spearman,
+            "proxy_judgement": self.proxy_judgement,
+            "cut_signal": None if self.cut is None else self.cut.record(),
+            "auto_signal": "cut" if self.uses_cut else "proxy",
+        }
 
     def _usable(self, d: DatasetRuns) -> list[int]:
         """Indices of ``d``'s runs whose dynamics have a point before the cut."""
@@ -316,12 +357,12 @@ def prior_scores(corpus: Corpus, ranker: Ranker, *, folds: int = 0) -> dict[str,
     these runs, so its scores are better than on a new dataset and residuals come out too
     small). ``folds=k``: cross-fitting, as a new dataset will see the ranker: groups are dealt
     into ``min(k, groups)`` folds and each fold is scored by a ranker with ``ranker``'s
-    settings trained on the other folds. Cross-fitting needs 3+ groups (each training split
-    must hold 2); with fewer it falls back to in-sample scores (``ranker`` must be fitted).
+    settings trained on the other folds. Cross-fitting needs 2+ groups; with one it falls
+    back to in-sample scores (``ranker`` must be fitted; ``cross_fitted`` tells which).
     """
     groups = sorted({d.group for d in corpus.datasets})
     folds = min(folds, len(groups))
-    if folds < 2 or len(groups) < 3:
+    if not cross_fitted(corpus, folds):
         return {d.name: ranker.score(d.configs, d.features) for d in corpus.datasets}
     scores = {}
     for k in range(folds):
@@ -332,6 +373,11 @@ def prior_scores(corpus: Corpus, ranker: Ranker, *, folds: int = 0) -> dict[str,
             if d.group in held:
                 scores[d.name] = fitted.score(d.configs, d.features)
     return scores
+
+
+def cross_fitted(corpus: Corpus, folds: int) -> bool:
+    """Whether ``prior_scores(corpus, ..., folds=folds)`` cross-fits (2+ folds of groups)."""
+    return min(folds, len({d.group for d in corpus.datasets})) >= 2
 
 
 def _checked_scores(scores: Mapping[str, np.ndarray], d: DatasetRuns) -> np.ndarray:

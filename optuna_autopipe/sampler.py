@@ -11,16 +11,27 @@ Each suggestion (paper B.3), for the study's search space:
    variance, or, when the prior's corpus found the score at the cut to rank runs better
    (``early_stop_signal``, ``cut_signal.py``), β·ĉ with ĉ that score standardised over the
    study's early-stopped trials; a full-fidelity trial gives its value standardised over the
-   study's full-fidelity values, with variance ``full_noise``. Targets: r = z − s(x)
-   (``residual=True``) or z.
-4. b = inverse-variance weighted mean of the targets; the GP (``residual_gp.py``) is fitted on
+   study's full-fidelity values, with variance ``full_noise``.
+4. The prior's weight λ: ``procedure="calibrated"`` (default) estimates it from the study's
+   observations, λ = ŵ, the posterior mean of w in z ≈ b + w·s(x), clipped to [0, 1]
+   (``calibration.py``), so a prior the new dataset contradicts loses its say;
+   ``procedure="paper"`` anneals λ_t on a fixed schedule (``acquisition.Schedule``).
+   Targets: r = z − λ·s(x) (estimated λ) or z − s(x) (scheduled λ) with ``residual=True``,
+   else z.
+5. b = inverse-variance weighted mean of the targets; the GP (``residual_gp.py``) is fitted on
    the centred targets with per-point noise max(variance, ``noise_floor``).
-5. Next configuration: argmax of UCB_t(x) = λ_t·s(x) + b + μ_t(x) + κ_t·σ_t(x)
+6. Next configuration: argmax of UCB_t(x) = λ·s(x) + b + μ_t(x) + κ_t·σ_t(x)
    (``acquisition.py``; exact, with σ computed only where a cheap bound leaves the
    candidate a chance, ``acquisition.best_first``). The first ``n_startup`` trials instead
    take diverse configurations among the prior's ``startup_pool`` best (greedy max-min
-   distance to everything tried); ``bo=False`` takes the prior's best untried
-   configuration every time.
+   distance to everything tried; calibrated: the first at random among the prior's
+   ``startup_top`` best, and the last one a random free candidate anywhere, a probe that
+   shows whether the prior's ordering holds on this dataset); ``bo=False`` takes the prior's
+   best untried configuration every time. The seed drives every random choice and breaks
+   ties, so replicates differ where the method is really uncertain.
+
+After the early-stop phase, ``promotion.py`` promotes the best early-stopped configurations
+to full fidelity (``n_promote``), and ``recommend`` returns the best verified one.
 
 The chosen configuration is claimed on the trial (user attr ``autopipe:claim``); the sampler
 then re-reads the study and moves to its next choice if another trial holds the same
@@ -52,10 +63,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from optuna_autopipe._storage_attrs import set_trial_user_attrs
 from optuna_autopipe.acquisition import Schedule, best_first, offset, ucb
+from optuna_autopipe.calibration import PriorWeight
 from optuna_autopipe.candidates import base_candidates, config_key, perturb, product_size
 from optuna_autopipe.cut_signal import CutSignal, standardise
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
-from optuna_autopipe.early_stop import PRIOR_SCORE_ATTR, proxy_of, stopped_early
+from optuna_autopipe.early_stop import (
+    PRIOR_SCORE_ATTR,
+    PROMOTED_FROM_ATTR,
+    proxy_of,
+    stopped_early,
+)
 from optuna_autopipe.prior import Prior
 from optuna_autopipe.profile import DatasetProfile
 from optuna_autopipe.residual_gp import ResidualGP
@@ -104,9 +121,22 @@ class AutoPipeSampler(BaseSampler):
             prior scores missing, or a categorical choice it never saw, raises at once.
         residual: model r = z − s(x) (``False``: the GP models z; the prior still guides).
         bo: ``False`` takes the prior's best untried configuration each time.
-        schedule: λ_t and κ_t (``acquisition.Schedule``; its budget is replaced by ``budget``).
+        procedure: ``"calibrated"`` (default): the prior's weight is estimated on the
+            study's observations (``prior_weight``), the warm start ends with a random probe,
+            and ``n_promote`` defaults to 3 (``promotion.py``); ``"paper"``: the paper's
+            procedure (B.3), λ_t on ``schedule``, the warm start among the prior's best only,
+            the regressor's proxy as the early-stop signal, one verification
+            (``n_promote=0``: ``early_stop.verify(study, sampler.recommend(study))``).
+        schedule: κ_t, and with ``procedure="paper"`` λ_t (``acquisition.Schedule``; its
+            budget is replaced by ``budget``).
+        prior_weight: how λ is estimated (``calibration.PriorWeight``), or ``"schedule"``
+            for λ_t on ``schedule`` (the paper's). Default: ``PriorWeight()`` calibrated,
+            ``"schedule"`` paper.
         n_startup: warm-start trials (diverse configurations among the prior's best).
         startup_pool: how many of the prior's best the warm start chooses among.
+        startup_top: calibrated: the first trial is drawn among the prior's this many best.
+        n_promote: early-stopped configurations ``promotion.promote_best`` runs at full
+            fidelity after the early-stop phase (default: 3 calibrated, 0 paper).
         max_grid: a discrete space with at most this many points is enumerated.
         n_samples: Sobol candidates of a larger or continuous space.
         full_noise: variance of a full-fidelity observation, in z units.
@@ -120,7 +150,8 @@ class AutoPipeSampler(BaseSampler):
             regressor's proxy (paper B.2); ``"cut"``: the prior's cut signal, the score the
             run shows at the cut, compared within the study (``cut_signal.py``); ``"auto"``
             (default): the cut signal when the prior's corpus measured it to rank runs better
-            than the proxy out of fold, else the proxy.
+            than the proxy out of fold (or when the proxy could not be judged), else the
+            proxy. Default: ``"auto"``, or ``"proxy"`` with ``procedure="paper"``.
     """
 
     def __init__(
@@ -133,18 +164,30 @@ class AutoPipeSampler(BaseSampler):
         search_space: Mapping[str, BaseDistribution] | None = None,
         residual: bool = True,
         bo: bool = True,
+        procedure: Literal["calibrated", "paper"] = "calibrated",
         schedule: Schedule | None = None,
+        prior_weight: PriorWeight | Literal["schedule"] | None = None,
         n_startup: int = 3,
         startup_pool: int = 50,
+        startup_top: int = 5,
+        n_promote: int | None = None,
         max_grid: int = 100_000,
         n_samples: int = 2048,
         full_noise: float = 0.1,
         noise_floor: float = 0.01,
         early_stop_params: Sequence[str] | None = None,
-        early_stop_signal: Literal["auto", "proxy", "cut"] = "auto",
+        early_stop_signal: Literal["auto", "proxy", "cut"] | None = None,
     ) -> None:
         if prior is None and not bo:
             raise ValueError("bo=False takes the prior's top configurations: it needs a prior.")
+        if procedure not in ("calibrated", "paper"):
+            raise ValueError(f"procedure must be 'calibrated' or 'paper', got {procedure!r}.")
+        for name, count in (("n_startup", n_startup), ("n_promote", n_promote or 0)):
+            if count < 0:
+                raise ValueError(f"{name} must be >= 0, got {count!r}.")
+        for name, count in (("startup_pool", startup_pool), ("startup_top", startup_top)):
+            if count < 1:
+                raise ValueError(f"{name} must be >= 1, got {count!r}.")
         for name, value in (("full_noise", full_noise), ("noise_floor", noise_floor)):
             if not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive variance, got {value!r}.")
@@ -169,14 +212,26 @@ class AutoPipeSampler(BaseSampler):
         self.search_space = dict(search_space) if search_space is not None else None
         self.residual = residual and prior is not None
         self.bo = bo
+        self.procedure = procedure
+        if prior_weight is None:
+            prior_weight = PriorWeight() if procedure == "calibrated" else "schedule"
+        if not isinstance(prior_weight, PriorWeight) and prior_weight != "schedule":
+            raise ValueError(
+                f"prior_weight must be a PriorWeight or 'schedule', got {prior_weight!r}."
+            )
+        self.prior_weight = prior_weight
         self.n_startup = n_startup
         self.startup_pool = startup_pool
+        self.startup_top = startup_top
+        self.n_promote = (3 if procedure == "calibrated" else 0) if n_promote is None else n_promote
         self.max_grid = max_grid
         self.n_samples = n_samples
         self.full_noise = full_noise
         self.noise_floor = noise_floor
         self.early_stop_params = None if early_stop_params is None else tuple(early_stop_params)
-        self._signal = self._choose_signal(early_stop_signal)
+        self._signal = self._choose_signal(
+            early_stop_signal or ("auto" if procedure == "calibrated" else "proxy")
+        )
         self._cut_values: dict[int, float] = {}
         self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._independent = RandomSampler(seed=seed)
@@ -291,14 +346,12 @@ class AutoPipeSampler(BaseSampler):
         t = sum(
             1 for other in trials if other.number < trial.number and other.state in _OCCUPIED[:3]
         )
+        lam = self._lambda(t, observed, base)
         explain: dict[str, float | str] = {
-            "autopipe:lambda": self.schedule.lam(t),
+            "autopipe:lambda": lam,
             "autopipe:kappa": self.schedule.kappa(t),
         }
-        weights = {
-            "lam": float(explain["autopipe:lambda"]) if self.prior is not None else 0.0,
-            "kappa": float(explain["autopipe:kappa"]),
-        }
+        weights = {"lam": lam, "kappa": float(explain["autopipe:kappa"])}
         pool = np.flatnonzero(free)
         mean = std = np.zeros(len(pool))
         bias = 0.0
@@ -313,11 +366,11 @@ class AutoPipeSampler(BaseSampler):
                 and other.number != trial.number
                 and set(space) <= set(other.params)
             ]
-            diverse = self._diverse(prior, x, free, encoder.encode(tried), rng)
+            diverse = self._warm_start(t, prior, x, free, encoder.encode(tried), rng)
             upper, phase = diverse[pool], "warm-start"
         else:
             if observed:
-                gp, bias = self._fit(observed, encoder, base)
+                gp, bias = self._fit(observed, encoder, base, lam)
                 mean, std = gp.predict(x[pool], std="bound")
             else:  # the prior alone, with the GP's prior σ = 1
                 std = np.ones(len(pool))
@@ -515,14 +568,28 @@ class AutoPipeSampler(BaseSampler):
             self._cut_values[key] = self._signal.value(dynamics, fraction=fraction)
         return self._cut_values[key]
 
+    def _lambda(self, t: int, observed: list[_Observation], base: _Candidates) -> float:
+        """The prior's weight λ in the acquisition at trial ``t`` (0 without a prior)."""
+        if self.prior is None:
+            return 0.0
+        if self.prior_weight == "schedule":
+            return self.schedule.lam(t)
+        assert isinstance(self.prior_weight, PriorWeight)
+        prior = self._prior_scores([o.config for o in observed], base)
+        z = np.array([o.z for o in observed])
+        variance = np.maximum([o.variance for o in observed], self.noise_floor)
+        return self.prior_weight.weight(prior, z, variance)
+
     def _fit(
-        self, observed: list[_Observation], encoder: SpaceEncoder, base: _Candidates
+        self, observed: list[_Observation], encoder: SpaceEncoder, base: _Candidates, lam: float
     ) -> tuple[ResidualGP, float]:
-        """The GP on the centred targets and the offset b (needs an observation)."""
+        """The GP on the centred targets and the offset b (needs an observation); the
+        residual targets subtract λ·s(x) (calibrated) or s(x) (paper)."""
         configs = [o.config for o in observed]
         targets = np.array([o.z for o in observed])
         if self.residual:
-            targets = targets - self._prior_scores(configs, base)
+            weight = 1.0 if self.prior_weight == "schedule" else lam
+            targets = targets - weight * self._prior_scores(configs, base)
         variances = np.maximum([o.variance for o in observed], self.noise_floor)
         bias = offset(targets, variances)
         with torch.random.fork_rng():
@@ -530,27 +597,39 @@ class AutoPipeSampler(BaseSampler):
             gp = ResidualGP(encoder.encode(configs), targets - bias, variances)
         return gp, bias
 
-    @staticmethod
-    def _diverse(
+    def _warm_start(
+        self,
+        t: int,
         prior: np.ndarray,
         x: np.ndarray,
         free: np.ndarray,
         tried: np.ndarray,
         rng: np.random.Generator,
     ) -> np.ndarray:
-        """A score whose argmax is the warm-start choice: among the prior's best free
-        candidates (all when the prior is flat), the one farthest from everything tried."""
+        """A score whose argmax is warm-start trial ``t``'s choice: among the prior's
+        ``startup_pool`` best free candidates (all when the prior is flat), the one farthest
+        from everything tried, ties broken at random. Calibrated: the first trial takes one
+        at random among the prior's ``startup_top`` best, and the last warm-start trial a
+        random free candidate anywhere (the probe the prior's weight is measured against)."""
         pool = np.flatnonzero(free)
+        ranked = pool[np.argsort(-prior[pool], kind="stable")] if prior.any() else pool
+        score = np.full(len(prior), -np.inf)
+        calibrated = self.procedure == "calibrated"
+        if calibrated and (len(tried) == 0 or t == 0):
+            score[rng.choice(ranked[: self.startup_top])] = 0.0
+            return score
+        if calibrated and self.n_startup >= 2 and t == self.n_startup - 1:
+            score[rng.choice(pool)] = 0.0
+            return score
         if prior.any():
-            pool = pool[np.argsort(-prior[pool], kind="stable")[:50]]
+            pool = ranked[: self.startup_pool]
         else:
             pool = rng.choice(pool, size=min(256, len(pool)), replace=False)
-        score = np.full(len(prior), -np.inf)
         if len(tried) == 0:
             score[pool] = prior[pool] if prior.any() else 0.0
             return score
         distance = np.linalg.norm(np.nan_to_num(x[pool, None, :] - tried[None, :, :]), axis=2)
-        score[pool] = distance.min(axis=1)
+        score[pool] = distance.min(axis=1) + 1e-9 * rng.random(len(pool))
         return score
 
     def _unobserved(
@@ -602,13 +681,16 @@ class AutoPipeSampler(BaseSampler):
     ) -> dict[str, Any]:
         """The configuration to verify at full fidelity (or to use).
 
-        The best full-fidelity value when the study has one (with the cut signal and
+        Once the study holds a verification (a COMPLETE trial promoted from an early stop,
+        ``autopipe:promoted_from``): the best verified (full-fidelity) value. Before that,
+        the best full-fidelity value when the study has one (with the cut signal and
         early-stopped trials too: the best score at the cut among all of them, a run that
         completed competing with its own score at the cut); otherwise, among the
         early-stopped configurations, ``rule="proxy"`` (default): the best observation as
         observed (the proxy, or the score at the cut with the cut signal);
         ``rule="belief"``: the one the model believes best,
-        ẑ(x) = s(x) + b + μ(x) (``residual=False`` or no prior: b + μ(x)), the GP's posterior
+        ẑ(x) = λ·s(x) + b + μ(x) (``residual=False`` or no prior: b + μ(x); paper: λ = 1), the
+        GP's posterior
         mean at that point, which shrinks a noisy observation towards the prior and its
         neighbours (no exploration bonus here). The README compares both on the replays
         (bench methods ``autopipe`` and ``autopipe-belief-rec``).
@@ -619,7 +701,10 @@ class AutoPipeSampler(BaseSampler):
         space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
         observed = self._observations(trials, space, study.direction) if space else []
         full = [o for o in observed if o.full]
-        if rule == "proxy" and full and len(full) < len(observed):
+        verified = any(
+            t.state == TrialState.COMPLETE and PROMOTED_FROM_ATTR in t.user_attrs for t in trials
+        )
+        if rule == "proxy" and full and not verified and len(full) < len(observed):
             cut = self._best_cut(trials, space)
             if cut is not None:
                 return cut
@@ -636,10 +721,34 @@ class AutoPipeSampler(BaseSampler):
         base = self._candidates(space)
         prior = self._prior_scores(configs, base)
         encoder = SpaceEncoder(space)
-        gp, bias = self._fit(observed, encoder, base)
+        lam = self._lambda(self.budget, observed, base)
+        gp, bias = self._fit(observed, encoder, base, lam)
         mean, _ = gp.predict(encoder.encode(configs))
-        belief = (prior if self.residual else 0.0) + bias + mean
+        weight = (1.0 if self.prior_weight == "schedule" else lam) if self.residual else 0.0
+        belief = weight * prior + bias + mean
         return dict(configs[int(np.argmax(belief))])
+
+    def early_stop_ranking(
+        self, study: optuna.Study, *, include_verified: bool = False
+    ) -> list[FrozenTrial]:
+        """The early-stopped trials best first, as the sampler observes them (the cut signal
+        or the proxy), one per configuration, leaving out (unless ``include_verified``)
+        configurations the study already ran at full fidelity: what
+        ``promotion.promote_best`` promotes."""
+        trials = study.get_trials(deepcopy=False)
+        space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
+        if not space:
+            return []
+        observed = self._observations(trials, space, study.direction)
+        seen = [t for t in trials if self._observation(t, space) is not None]
+        done = set() if include_verified else {config_key(o.config) for o in observed if o.full}
+        ranked = []
+        for trial, o in sorted(zip(seen, observed, strict=True), key=lambda p: -p[1].z):
+            key = config_key(o.config)
+            if not o.full and stopped_early(trial) and key not in done:
+                ranked.append(trial)
+                done.add(key)
+        return ranked
 
 
 @dataclass(frozen=True)

@@ -198,15 +198,17 @@ def test_a_malformed_profile_attr_names_the_study_and_leaves_it_intact(study):
 # --- the corpus -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n_datasets", [0, 1])
-def test_an_empty_or_one_dataset_corpus_cannot_fit_a_prior(n_datasets):
-    with pytest.raises(ValueError, match=f"at least 2 datasets.*has {n_datasets} usable"):
-        fit_prior(_corpus(n_datasets))
+def test_an_empty_corpus_or_one_of_single_runs_cannot_fit_a_prior():
+    with pytest.raises(ValueError, match="at least 1 dataset with 2\\+ runs.*0 usable of 0"):
+        fit_prior(_corpus(0))
+    single = Corpus(dict(SPACE), [d.take([0]) for d in _corpus(2).datasets])
+    with pytest.raises(ValueError, match=r"0 usable of 2 \(fewer than 2 runs: \['d0', 'd1'\]\)"):
+        fit_prior(single)
 
 
 def test_an_empty_study_list_gives_an_empty_corpus_that_cannot_fit_a_prior():
     corpus = Corpus.from_studies(optuna.storages.InMemoryStorage(), [])
-    with pytest.raises(ValueError, match=r"at least 2 datasets.*Add studies of other datasets"):
+    with pytest.raises(ValueError, match=r"at least 1 dataset.*Add finished full-fidelity"):
         fit_prior(corpus)
 
 

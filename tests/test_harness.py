@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -9,14 +10,21 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from scipy.stats import spearmanr
 
 from objectives import data_root
 from optuna_autopipe.bench.harness import BenchSpec, outcome, run_bench
 from optuna_autopipe.bench.methods import Context, get_method
+from optuna_autopipe.bench.offline_method import offline_ranker
+from optuna_autopipe.bench.prior_noise import distort
 from optuna_autopipe.bench.report import COLUMNS
 from optuna_autopipe.cli import main
+from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.ensemble import TreeParams
+from optuna_autopipe.ranker import Ranker
 
 DATASETS = ("ted-ru-en", "ted-zh-en")
+NMT_X = ["bench", "--benchmark", "nmt", "--out", "X"]
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +153,18 @@ def test_lcbench_end_to_end_maximises(tmp_path):
         ),
         (["bench", "--benchmark", "nmt", "--out", "X", "--budget", "0"], "must be >= 1"),
         (["bench", "--benchmark", "nmt", "--out", "X", "--frobnicate"], "unrecognized arguments"),
+        # "--methods nope": were --sources accepted, the run would stop at once on the method.
+        (
+            [*NMT_X, "--methods", "nope", "--sources", "3"],
+            "argument --sources: only with --protocol few-source",
+        ),
+        (
+            [*NMT_X, "--methods", "nope", "--protocol", "lodo", "--sources", "3"],
+            "argument --sources: only with --protocol few-source",
+        ),
+        ([*NMT_X, "--prior-noise", "loud"], "invalid choice: 'loud'"),
+        ([*NMT_X, "--protocol", "loo"], "invalid choice: 'loo'"),
+        ([*NMT_X, "--methods", "random", "--protocol", "few-source", "--sources", "4"], "K = 4"),
     ],
 )
 def test_bad_arguments_name_the_argument(argv, needle, tmp_path, capsys, monkeypatch):
@@ -222,3 +242,158 @@ def test_every_method_name_resolves_in_a_fresh_process():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] []"
+
+
+def _source_spec(storage: str, out: Path, protocol: str) -> BenchSpec:
+    return BenchSpec(
+        benchmark="nmt",
+        methods=("random", "global"),
+        out=out,
+        budget=2,
+        seeds=2,
+        datasets=DATASETS,
+        protocol=protocol,
+        storage=storage,
+        workers=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def source_runs(tmp_path_factory):
+    """few-source, then single-source, into ONE storage."""
+    root = tmp_path_factory.mktemp("sources")
+    storage = f"sqlite:///{root / 'bench.db'}"
+    specs = [_source_spec(storage, root / p, p) for p in ("few-source", "single-source")]
+    return root, [(spec, run_bench(spec)) for spec in specs]
+
+
+def test_source_protocols_record_their_sources_per_seed(source_runs, nmt):
+    _, runs = source_runs
+    for spec, outputs in runs:
+        table = pd.read_csv(outputs.results)
+        assert len(table) == len(DATASETS) * 2 * 2
+        assert (table.protocol == spec.protocol).all() and (table.prior_noise == "none").all()
+        assert (table.n_sources == (2 if spec.protocol == "few-source" else 1)).all()
+        for row in table.itertuples():
+            expected = nmt.offline(row.dataset, spec.protocol, replicate=row.seed)
+            assert row.sources == ";".join(t.name for t in expected)
+            assert all(nmt.groups[d] != "ted" for d in row.sources.split(";"))
+        for _, rows in table.groupby(["dataset", "method"]):
+            assert rows.set_index("seed").sources[0] != rows.set_index("seed").sources[1]
+
+
+def test_summary_names_the_setting_and_each_methods_worst_dataset(source_runs):
+    _, runs = source_runs
+    for spec, outputs in runs:
+        text = outputs.summary.read_text()
+        tag = "few-source-2" if spec.protocol == "few-source" else "single-source"
+        assert text.startswith(f"# nmt: protocol `{tag}` (sources: ")
+        assert "prior noise `none`" in text.splitlines()[0]
+        assert "| worst dataset | datasets > 1.0 |" in text
+        table = pd.read_csv(outputs.results)
+        means = table.groupby(["method", "dataset"]).normalized_regret.mean()
+        for method in ("random", "global"):
+            regrets = means[method]
+            worst = f"| {regrets.idxmax()}: {regrets.max():.3f} | {int((regrets > 1).sum())} |"
+            line = next(li for li in text.splitlines() if li.startswith(f"| {method} | "))
+            assert worst in line
+
+
+def test_protocols_share_one_storage_without_colliding(source_runs):
+    root, _ = source_runs
+    names = {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{root / 'bench.db'}")}
+    assert len(names) == 2 * len(DATASETS) * 2 * 2
+    assert "nmt/few-source-2/ted-ru-en/global/seed1" in names
+    assert "nmt/single-source/ted-ru-en/global/seed1" in names
+
+
+def test_protocols_in_one_storage_share_the_reference_best(source_runs, tmp_path):
+    """A better score found by a single-source study raises the bar of few-source rows too."""
+    root, _ = source_runs
+    shutil.copy(root / "bench.db", tmp_path / "bench.db")
+    storage = f"sqlite:///{tmp_path / 'bench.db'}"
+    study = optuna.load_study(
+        study_name="nmt/single-source/ted-ru-en/random/seed0", storage=storage
+    )
+    record = study.user_attrs["bench"]
+    study.set_user_attr("bench", {**record, "best_evaluated": 1.0})  # below every pool score
+    studies = len(optuna.get_all_study_summaries(storage))
+    for protocol in ("few-source", "single-source"):
+        table = pd.read_csv(run_bench(_source_spec(storage, tmp_path / protocol, protocol)).results)
+        assert (table[table.dataset == "ted-ru-en"].best_score == 1.0).all()
+        assert (table[table.dataset == "ted-zh-en"].best_score > 1.0).all()
+    assert len(optuna.get_all_study_summaries(storage)) == studies  # resumed: nothing re-run
+
+
+def test_cli_runs_few_source_with_prior_noise_under_its_own_study_name(tmp_path):
+    out = tmp_path / "out"
+    argv = ["bench", "--benchmark", "nmt", "--methods", "random", "--budget", "1"]
+    argv += ["--seeds", "1", "--datasets", "ted-ru-en", "--workers", "1", "--out", str(out)]
+    assert (
+        main([*argv, "--protocol", "few-source", "--sources", "3", "--prior-noise", "inverted"])
+        == 0
+    )
+    table = pd.read_csv(out / "results.csv")
+    assert table.n_sources.tolist() == [3] and table.prior_noise.tolist() == ["inverted"]
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{out / 'bench.db'}")
+    assert summary.study_name == "nmt/few-source-3+inverted/ted-ru-en/random/seed0"
+
+
+@pytest.fixture(scope="module")
+def small_ranker(nmt):
+    tasks = [nmt.task("ted-ru-en"), nmt.task("robust19-en-ja")]
+    corpus = Corpus.from_tasks(tasks, groups=nmt.groups)
+    return Ranker(params=TreeParams(n_estimators=20), n_models=1).fit(corpus)
+
+
+def test_inverted_prior_negates_the_raw_scores(small_ranker, nmt):
+    task = nmt.task("material-sw-en")
+    configs, features = task.pool()[0], task.dataset_features
+    inverted = distort(small_ranker, "inverted", seed=0)
+    assert distort(small_ranker, "none", seed=0) is small_ranker
+    raw = small_ranker.raw_scores(configs, features)
+    assert np.ptp(raw) > 0
+    assert np.array_equal(inverted.raw_scores(configs, features), -raw)
+    assert np.allclose(inverted.score(configs, features), -small_ranker.score(configs, features))
+    for name in ("encoder", "kept_columns", "dataset_features"):
+        assert getattr(inverted, name) == getattr(small_ranker, name)
+    copy = pickle.loads(pickle.dumps(inverted))
+    assert np.array_equal(copy.raw_scores(configs, features), -raw)
+    with pytest.raises(ValueError, match="'none', 'inverted', 'shuffled'"):
+        distort(small_ranker, "loud", seed=0)
+
+
+def test_shuffled_prior_is_a_fixed_uninformative_score_per_configuration(small_ranker, nmt):
+    task = nmt.task("material-sw-en")
+    configs, features = task.pool()[0], task.dataset_features
+    shuffled = distort(small_ranker, "shuffled", seed=7)
+    scores = shuffled.raw_scores(configs, features)
+    assert np.array_equal(shuffled.raw_scores(configs[::-1], features), scores[::-1])
+    assert shuffled.raw_scores([dict(reversed(configs[5].items()))], features)[0] == scores[5]
+    assert np.array_equal(
+        pickle.loads(pickle.dumps(shuffled)).raw_scores(configs, features), scores
+    )
+    assert len(np.unique(scores)) == len(configs) and ((scores >= 0) & (scores < 1)).all()
+    rho = spearmanr(scores, small_ranker.raw_scores(configs, features)).statistic
+    assert abs(rho) < 0.15
+    other = distort(small_ranker, "shuffled", seed=8).raw_scores(configs, features)
+    assert abs(spearmanr(scores, other).statistic) < 0.15  # the seed picks the permutation
+
+
+def test_offline_method_runs_the_distorted_priors_top_configuration(nmt):
+    target = "ted-ru-en"
+    offline = nmt.offline(target, "few-source")
+    configs = nmt.task(target).pool()[0]
+    raw = offline_ranker(offline).raw_scores(configs, nmt.task(target).dataset_features)
+    for noise, expected in (("none", np.argmax(raw)), ("inverted", np.argmin(raw))):
+        ctx = Context(
+            task=nmt.task(target),
+            offline=offline,
+            seed=3,
+            budget=1,
+            evaluations={},
+            study_name=f"nmt/{target}/offline/seed0",
+            prior_noise=noise,
+        )
+        (trial,) = get_method("offline")(ctx).trials
+        assert trial.params == configs[int(expected)]

@@ -5,6 +5,7 @@ import optuna
 import pytest
 
 from objectives.nmt import PARAMS, UPDATES_PER_CHECKPOINT
+from objectives.replay import stable_seed
 
 
 def test_six_corpora_with_recorded_grids(nmt):
@@ -41,6 +42,43 @@ def test_grouped_protocol_holds_out_the_partner(nmt):
     assert "ted-zh-en" in lodo and len(lodo) == 5
     with pytest.raises(ValueError, match="protocol"):
         nmt.offline("ted-ru-en", "leave-two-out")
+
+
+def test_source_protocols_draw_round_robin_from_the_other_groups(nmt):
+    target = "ted-ru-en"
+    candidates = nmt.candidate_sources(target)
+    # Groups ordered by stable_seed(benchmark, target, group), datasets likewise, interleaved.
+    groups = sorted({"material", "robust19"}, key=lambda g: stable_seed("nmt", target, g))
+    members = {
+        g: sorted(
+            [d for d in nmt.groups if d.startswith(g)], key=lambda d: stable_seed("nmt", target, d)
+        )
+        for g in groups
+    }
+    assert candidates == [members[g][i] for i in range(2) for g in groups]
+    assert candidates != nmt.candidate_sources("ted-zh-en")  # the order depends on the target
+
+    single = [nmt.offline(target, "single-source", replicate=k) for k in range(5)]
+    assert [[t.name for t in s] for s in single[:4]] == [[c] for c in candidates]
+    assert single[4] == single[0]  # replicate k uses position k mod n
+
+    for k in range(4):
+        pair = [t.name for t in nmt.offline(target, "few-source", replicate=k)]
+        assert pair == [candidates[(2 * k) % 4], candidates[(2 * k + 1) % 4]]
+        assert len({nmt.groups[d] for d in pair}) == 2  # round robin: one of each group
+        triple = [t.name for t in nmt.offline(target, "few-source", replicate=k, sources=3)]
+        assert triple == [candidates[(3 * k + i) % 4] for i in range(3)]
+        assert len(set(triple)) == 3 and "ted-zh-en" not in triple
+    assert [t.name for t in nmt.offline(target, "few-source", replicate=1)] != [
+        t.name for t in nmt.offline(target, "few-source", replicate=0)
+    ]
+    for too_many in (4, 0):
+        with pytest.raises(ValueError, match=rf"1 <= K < 4 .*got K = {too_many}"):
+            nmt.offline(target, "few-source", sources=too_many)
+    with pytest.raises(ValueError, match="'lodo', 'grouped', 'single-source', 'few-source'"):
+        nmt.offline(target, "leave-two-out")
+    with pytest.raises(ValueError, match="'ted-xx-en' is not in benchmark"):
+        nmt.offline("ted-xx-en", "lodo")
 
 
 def test_recorded_configuration_maps_to_itself_and_true_score_is_replicate_mean(nmt):

@@ -116,7 +116,7 @@ def test_bad_inputs_name_the_problem(corpus):
         dict(SPACE),
         [DatasetRuns(d.name, d.direction, {}, d.configs, d.scores) for d in corpus.datasets],
     )
-    with pytest.raises(ValueError, match="recorded training dynamics on at least 2 datasets"):
+    with pytest.raises(ValueError, match="recorded training dynamics .* on at least 1 dataset"):
         EarlyStopRegressor(target="direct").fit(no_dynamics)
     with pytest.raises(ValueError, match="target"):
         EarlyStopRegressor(target="absolute")  # type: ignore[arg-type]
@@ -129,7 +129,10 @@ def test_bad_inputs_name_the_problem(corpus):
 def test_fit_prior_adds_the_regressor_and_both_survive_save_and_load(corpus, tmp_path):
     prior = fit_prior(corpus, grid=[TreeParams(n_estimators=30)], n_models=1)
     assert prior.regressor is not None and prior.regressor.target == "residual"
-    assert prior.record["regressor"] == {"fraction": 0.5, "cross_fit": 4}
+    record = prior.record["regressor"]
+    assert record["fraction"] == 0.5 and record["anchors"] == "cross-fitted"
+    assert record["proxy_judgement"].startswith("out of fold")
+    assert record["auto_signal"] == ("cut" if prior.regressor.uses_cut else "proxy")
     prior.save(tmp_path)
     loaded = Prior.load(tmp_path)
     held = corpus.dataset("d2")

@@ -218,15 +218,16 @@ def test_the_bo_choice_is_the_argmax_of_the_exact_ucb_over_every_free_candidate(
     base = sampler._candidates(space)
     observed = sampler._observations(before, space, study.direction)
     encoder = sampler_module.SpaceEncoder(space)
-    gp, bias = sampler._fit(observed, encoder, base)
-    mean, std = gp.predict(base.x)
     t = len(before)
+    lam = sampler._lambda(t, observed, base)
+    gp, bias = sampler._fit(observed, encoder, base, lam)
+    mean, std = gp.predict(base.x)
     score = ucb(
         prior=base.prior,
         mean=mean,
         std=std,
         bias=bias,
-        lam=sampler.schedule.lam(t),
+        lam=lam,
         kappa=sampler.schedule.kappa(t),
     )
     taken = {config_key({n: tr.params[n] for n in space}) for tr in before}
@@ -475,7 +476,7 @@ def test_two_workers_racing_for_the_same_configuration_do_not_both_take_it(monke
 
 
 def test_every_trial_explains_its_choice_and_the_bo_acquisition_adds_up(prior):
-    sampler = AutoPipeSampler(prior, FEATURES, seed=3, budget=8, n_startup=2)
+    sampler = AutoPipeSampler(prior, FEATURES, seed=3, budget=8, n_startup=2, procedure="paper")
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(_objective, n_trials=6)
     s = prior.score(GRID, FEATURES)  # standardised over the same 12 candidates
@@ -550,7 +551,9 @@ def test_early_stopped_trials_are_observations_and_nan_or_failed_ones_are_not(pr
     """Residual targets: trial 0 gives r = 0.8 (variance 0.2) through autopipe:residual,
     trial 3 gives r = −0.4 (variance 0.5) through autopipe:proxy = s(x) + r; b must be
     (0.8/0.2 − 0.4/0.5) / (1/0.2 + 1/0.5) = 3.2 / 7."""
-    sampler = AutoPipeSampler(prior, FEATURES, seed=4, budget=10, n_startup=3)
+    sampler = AutoPipeSampler(
+        prior, FEATURES, seed=4, budget=10, n_startup=3, prior_weight="schedule"
+    )
     study = optuna.create_study(direction="maximize", sampler=sampler)
 
     def objective(trial):
@@ -812,7 +815,7 @@ def test_a_prior_with_dataset_features_needs_them(prior):
 
 
 def test_nan_objective_values_fail_and_do_not_break_the_next_suggestions(prior):
-    sampler = AutoPipeSampler(prior, FEATURES, seed=6, n_startup=2)
+    sampler = AutoPipeSampler(prior, FEATURES, seed=6, n_startup=2, prior_weight="schedule")
     study = optuna.create_study(direction="maximize", sampler=sampler)
 
     def objective(trial):

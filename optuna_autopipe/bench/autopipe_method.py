@@ -1,80 +1,100 @@
 """AutoPipe in the benchmark: ``autopipe`` and its ablations, one ``AutoPipeSampler`` study each.
 
-The prior is fitted on the offline datasets only: the ranker as in ``offline`` (cached per
-process), the residual early-stop regressor on ``CORPUS_ROWS`` observed runs per offline
-dataset at the method's early-stop fraction, with prior scores cross-fitted over 4 folds of
-groups (``regressor.prior_scores``).
+The prior comes from the public path, ``fit_prior``, on the offline datasets only: their
+reference pools (at most ``CORPUS_ROWS`` runs per dataset, the ``offline`` method's corpus)
+for the ranker, ``DYNAMICS_ROWS`` of those runs per dataset with one observed run's training
+dynamics for the residual early-stop regressor and its cut signal, the ranker's default
+settings (one grid point: no grid search, as in ``offline``), cached per process.
+``Context.prior_noise`` then distorts the ranker (``prior_noise.distort``).
 
-- ``autopipe``: ``budget`` trials stopped at ``FRACTION`` (25%: 15 quarter runs plus one
-  verification cost 4.75 full runs, under half of the full-fidelity baselines' 15), each
-  observed through the signal the prior chose (``early_stop_signal="auto"``: on both
-  replays the cut signal, the score at the cut compared within the study); then
-  ``recommend`` is verified once at full fidelity.
-- ``autopipe-proxy``: the same with the residual regressor's proxies (the paper's B.2
-  design, the default before 2026-11-27).
-  ``autopipe-50``, ``autopipe-75``: the same at 50% and 75% (sensitivity).
-- ``autopipe-full``: ``budget`` full-fidelity trials, no early stop, no regressor.
-- ``no-residual``: the GP models the proxy z directly, the prior still guides (λ·s).
-- ``no-bo``: the prior's top configurations in order, proxies pick the one verified.
-- ``autopipe-belief-rec``: ``autopipe`` verifying the GP's belief s + b + μ instead of the
-  best proxy (the default before 2026-11-27).
-- ``no-offline``: no prior; the direct regressor's ẑ feeds a GP (the "No Offline" ablation).
+- ``autopipe``: the default, ``procedure="calibrated"``: ``budget`` trials stopped at
+  ``FRACTION`` (25%), observed through the signal the prior chose
+  (``early_stop_signal="auto"``), the prior's weight estimated on the study
+  (``calibration.py``); then the ``n_promote`` (3) best early stops are promoted to full
+  fidelity, resuming their runs (``promotion.py``): 15 × 0.25 + 3 × 0.75 = 6 full runs.
+  The best verified configuration is the selection.
+- ``autopipe-paper``: the paper's procedure (``procedure="paper"``): regressor proxies,
+  λ on a fixed schedule, warm start among the prior's best, one verification of
+  ``recommend`` (15 × 0.25 + 1 = 4.75 full runs).
+- One option of ``autopipe`` changed: ``autopipe-fixed-lambda`` (λ on the paper's schedule),
+  ``autopipe-1v`` (no promotion: one verification of ``recommend``), ``autopipe-proxy``
+  (the regressor's proxies), ``autopipe-50``, ``autopipe-75`` (the cut at 50% / 75%),
+  ``autopipe-full`` (``budget`` full-fidelity trials), ``no-residual`` (the GP models z),
+  ``no-bo`` (the prior's top configurations in order), ``autopipe-belief-rec`` (with
+  ``autopipe-1v``: verifies the GP's belief), ``no-offline`` (no prior: the direct
+  regressor's ẑ feeds a GP).
 
 Registered on import; ``optuna_autopipe.bench.methods`` imports this module on first use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
+from typing import Any
 
+import numpy as np
 import optuna
 
 from objectives.replay import ReplayTask
-from optuna_autopipe.bench.early_stop_method import direct_regressor, dynamics_corpus
+from optuna_autopipe.bench.early_stop_method import direct_regressor
 from optuna_autopipe.bench.methods import Context, Method, register
-from optuna_autopipe.bench.offline_method import offline_ranker
-from optuna_autopipe.prior import Prior
-from optuna_autopipe.regressor import EarlyStopRegressor, prior_scores
+from optuna_autopipe.bench.offline_method import prior_corpus
+from optuna_autopipe.bench.prior_noise import distort
+from optuna_autopipe.early_stop import verify
+from optuna_autopipe.ensemble import TreeParams
+from optuna_autopipe.prior import Prior, fit_prior
+from optuna_autopipe.promotion import promote_best
 from optuna_autopipe.sampler import AutoPipeSampler
 
 #: Early-stop point of ``autopipe`` and its early-stopped ablations.
 FRACTION = 0.25
-CROSS_FIT = 4
+#: Runs per offline dataset given one observed run's dynamics (the regressor's corpus).
+DYNAMICS_ROWS = 500
 
 
 @lru_cache(maxsize=8)
 def offline_prior(offline: tuple[ReplayTask, ...], fraction: float) -> Prior:
-    """Ranker + residual regressor fitted on ``offline`` (cached per process)."""
-    ranker = offline_ranker(offline)
-    corpus = dynamics_corpus(offline)
-    scores = prior_scores(corpus, ranker, folds=CROSS_FIT)
-    regressor = EarlyStopRegressor(fraction=fraction).fit(corpus, prior_scores=scores)
-    return Prior(ranker=ranker, regressor=regressor)
+    """``fit_prior`` on ``offline`` (cached per process): the ranker on up to
+    ``CORPUS_ROWS`` runs per dataset, the regressor on ``DYNAMICS_ROWS`` of them."""
+    corpus = prior_corpus(offline)
+    for task, runs in zip(offline, corpus.datasets, strict=True):
+        rows = np.sort(np.random.default_rng(0).permutation(len(runs.configs))[:DYNAMICS_ROWS])
+        observed = task.run_dynamics([runs.configs[i] for i in rows], seed=0)
+        runs.dynamics = [None] * len(runs.configs)
+        for i, dynamics in zip(rows, observed, strict=True):
+            runs.dynamics[i] = dynamics
+    return fit_prior(corpus, grid=(TreeParams(),), fraction=fraction, n_jobs=1)
 
 
 def autopipe(
     *,
     fraction: float | None = FRACTION,
-    residual: bool = True,
-    bo: bool = True,
     offline: bool = True,
     recommend: str = "proxy",
-    signal: str = "auto",
+    **options: Any,
 ) -> Method:
-    """A method running ``AutoPipeSampler`` with these options (``fraction=None``: full runs)."""
+    """A method running ``AutoPipeSampler(**options)`` (``fraction=None``: full runs).
+
+    After the early-stop phase the sampler's ``n_promote`` best early stops are promoted
+    (resumed at full fidelity); with ``n_promote=0``, ``recommend(rule=recommend)`` is
+    verified once (``early_stop.verify``: a fresh full run in the replays).
+    """
 
     def run(ctx: Context) -> optuna.Study:
         tasks = tuple(ctx.offline)
         prior = offline_prior(tasks, fraction or FRACTION) if offline else None
+        if prior is not None and ctx.prior_noise != "none":
+            prior = dataclasses.replace(
+                prior, ranker=distort(prior.ranker, ctx.prior_noise, seed=ctx.seed)
+            )
         sampler = AutoPipeSampler(
             prior,
             ctx.task.dataset_features,
             budget=ctx.budget,
             seed=ctx.seed,
             search_space=ctx.task.search_space,
-            residual=residual,
-            bo=bo,
-            early_stop_signal=signal,
+            **options,
         )
         study = ctx.study(sampler)
         if fraction is None:
@@ -82,26 +102,32 @@ def autopipe(
             return study
         regressor = prior.regressor if prior else direct_regressor(tasks, fraction)
         study.optimize(ctx.objective(fraction=fraction, regressor=regressor), n_trials=ctx.budget)
-        best = sampler.recommend(study, rule=recommend)
-        done = [
-            t
-            for t in study.trials
-            if t.state == optuna.trial.TrialState.COMPLETE and t.params == best
-        ]
-        if not done:
-            study.enqueue_trial(best, user_attrs={"autopipe:verifies": "recommend"})
-            study.optimize(ctx.objective(), n_trials=1)
+        promoted = promote_best(study, sampler)
+        if not promoted:
+            best = sampler.recommend(study, rule=recommend)
+            done = [
+                t
+                for t in study.trials
+                if t.state == optuna.trial.TrialState.COMPLETE and t.params == best
+            ]
+            if done:
+                return study
+            verify(study, best)
+        study.optimize(ctx.objective(), n_trials=max(1, len(promoted)))
         return study
 
     return run
 
 
 register("autopipe")(autopipe())
-register("autopipe-proxy")(autopipe(signal="proxy"))
+register("autopipe-paper")(autopipe(procedure="paper"))
+register("autopipe-fixed-lambda")(autopipe(prior_weight="schedule"))
+register("autopipe-1v")(autopipe(n_promote=0))
+register("autopipe-proxy")(autopipe(early_stop_signal="proxy"))
 register("autopipe-50")(autopipe(fraction=0.5))
 register("autopipe-75")(autopipe(fraction=0.75))
 register("autopipe-full")(autopipe(fraction=None))
 register("no-residual")(autopipe(residual=False))
 register("no-bo")(autopipe(bo=False))
 register("no-offline")(autopipe(offline=False))
-register("autopipe-belief-rec")(autopipe(recommend="belief"))
+register("autopipe-belief-rec")(autopipe(n_promote=0, recommend="belief"))

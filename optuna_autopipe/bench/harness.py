@@ -2,7 +2,12 @@
 
 Studies run in worker processes on in-memory storage and are then written, trials and all,
 into one storage (default ``sqlite:///OUT/bench.db``) under the name
-``<benchmark>/<dataset>/<method>/seed<k>``, so optuna-dashboard shows them side by side.
+``<benchmark>/<dataset>/<method>/seed<k>`` (protocol ``grouped``, no prior noise) or
+``<benchmark>/<tag>/<dataset>/<method>/seed<k>`` for any other setting (``BenchSpec.tag``:
+``lodo``, ``single-source``, ``few-source-2``, ``grouped+inverted``, ...), so settings share
+one storage without colliding and optuna-dashboard shows them side by side. Methods that
+learn nothing from other datasets (``methods.PROTOCOL_FREE``: random, tpe, gp, ...) keep the
+first name under every setting: their studies do not depend on it, so they run once.
 A study's outcome is stored in its user attr ``bench`` (written last), which is also what
 makes a run resumable: studies that have it are skipped, half-written ones are redone.
 """
@@ -27,7 +32,8 @@ from tqdm import tqdm
 
 from objectives.registry import Benchmark, Protocol, load_benchmark
 from objectives.replay import stable_seed
-from optuna_autopipe.bench.methods import Context, get_method
+from optuna_autopipe.bench.methods import PROTOCOL_FREE, Context, get_method
+from optuna_autopipe.bench.prior_noise import check_mode
 from optuna_autopipe.bench.report import Outputs, write_outputs
 
 _logger = logging.getLogger(__name__)
@@ -48,10 +54,20 @@ class BenchSpec:
     data_dir: str | None = None
     noise_sd: float = 1.0
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: K of the ``few-source`` protocol (``Benchmark.offline``).
+    sources: int = 2
+    #: Distortion of the ranking prior (``prior_noise.PRIOR_NOISE``).
+    prior_noise: str = "none"
 
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{self.out / 'bench.db'}"
+
+    @property
+    def tag(self) -> str:
+        """The setting's name: the protocol (``few-source-K``), then ``+noise`` if any."""
+        protocol = f"few-source-{self.sources}" if self.protocol == "few-source" else self.protocol
+        return protocol if self.prior_noise == "none" else f"{protocol}+{self.prior_noise}"
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,9 @@ class Job:
 
     @property
     def study_name(self) -> str:
-        return f"{self.spec.benchmark}/{self.dataset}/{self.method}/seed{self.seed}"
+        shared = self.spec.tag == "grouped" or self.method in PROTOCOL_FREE
+        setting = "" if shared else f"{self.spec.tag}/"
+        return f"{self.spec.benchmark}/{setting}{self.dataset}/{self.method}/seed{self.seed}"
 
 
 def run_bench(spec: BenchSpec) -> Outputs:
@@ -72,10 +90,11 @@ def run_bench(spec: BenchSpec) -> Outputs:
         raise ValueError(f"--budget and --seeds must be >= 1, got {spec.budget} and {spec.seeds}.")
     for method in spec.methods:
         get_method(method)
+    check_mode(spec.prior_noise)
     benchmark = _benchmark(spec.benchmark, spec.data_dir, spec.noise_sd)
     datasets = list(spec.datasets or [t.name for t in benchmark.tasks])
     for dataset in datasets:
-        benchmark.task(dataset)
+        benchmark.offline(dataset, spec.protocol, sources=spec.sources)  # names a bad setting
     spec.out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.get_storage(spec.storage_url)
@@ -140,11 +159,14 @@ def _run_job(job: Job) -> tuple[list[optuna.trial.FrozenTrial], str, dict[str, A
     benchmark = _benchmark(spec.benchmark, spec.data_dir, spec.noise_sd)
     ctx = Context(
         task=benchmark.task(job.dataset),
-        offline=benchmark.offline(job.dataset, spec.protocol),
+        offline=benchmark.offline(
+            job.dataset, spec.protocol, replicate=job.seed, sources=spec.sources
+        ),
         seed=stable_seed(job.dataset, job.seed),
         budget=spec.budget,
         evaluations={},
         study_name=job.study_name,
+        prior_noise=spec.prior_noise,
     )
     study = get_method(job.method)(ctx)
     return study.trials, ctx.task.direction, outcome(study, ctx, protocol=spec.protocol)
@@ -156,7 +178,8 @@ def outcome(study: optuna.Study, ctx: Context, *, protocol: str) -> dict[str, An
     The selection is the best observed value among full-fidelity (COMPLETE) trials, or, if
     no trial reached full fidelity, the best observed value at the highest fidelity reached.
     ``trajectory`` holds ``[cumulative cost, true score of the selection so far]`` after
-    every evaluation (``None`` before the first full-fidelity result).
+    every evaluation (``None`` before the first full-fidelity result). ``sources`` names the
+    offline datasets the method could learn from (``;``-separated).
     """
     task, evaluations = ctx.task, ctx.evaluations
     better = max if task.direction == "maximize" else min
@@ -185,6 +208,9 @@ def outcome(study: optuna.Study, ctx: Context, *, protocol: str) -> dict[str, An
         "best_evaluated": better(e.true_score for e in evaluations.values()),
         "trajectory": trajectory,
         "protocol": protocol,
+        "sources": ";".join(t.name for t in ctx.offline),
+        "n_sources": len(ctx.offline),
+        "prior_noise": ctx.prior_noise,
         "budget": ctx.budget,
         "sampler_seed": ctx.seed,
     }

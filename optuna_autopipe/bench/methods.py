@@ -46,6 +46,8 @@ class Context:
     evaluations: dict[int, Evaluation]
     #: The study's name; Hyperband assigns brackets by hashing it, so it must be fixed.
     study_name: str
+    #: Distortion of the ranking prior for methods that use it (``prior_noise.PRIOR_NOISE``).
+    prior_noise: str = "none"
 
     def objective(
         self,
@@ -88,6 +90,12 @@ class Context:
 
 Method = Callable[[Context], optuna.Study]
 METHODS: dict[str, Method] = {}
+#: Methods that learn nothing from other datasets: their studies are the same under every
+#: protocol and prior noise, so the harness runs them once (under the ``grouped`` name) and
+#: every setting reads those studies.
+PROTOCOL_FREE = frozenset(
+    {"random", "tpe", "gp", "bohb", "smac", "random1", "random-cut", "tpe-cut"}
+)
 
 
 def register(name: str) -> Callable[[Method], Method]:
@@ -112,6 +120,9 @@ _LAZY = {
         name: ("optuna_autopipe.bench.autopipe_method", None)
         for name in (
             "autopipe",
+            "autopipe-paper",
+            "autopipe-fixed-lambda",
+            "autopipe-1v",
             "autopipe-proxy",
             "autopipe-50",
             "autopipe-75",

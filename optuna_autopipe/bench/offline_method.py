@@ -5,7 +5,8 @@ datasets' reference pools, at most ``CORPUS_ROWS`` runs per dataset (a seeded su
 the paper's LCBench corpus is 34 tasks x 2,000 configurations; NMT has fewer runs, so it
 is used whole). It scores the held-out task's reference pool (NMT: its recorded
 configurations; LCBench: its 10,000-configuration pool) from the task's meta-features, and
-the top-1 (first on ties) is run once at full fidelity.
+the top-1 (first on ties) is run once at full fidelity. ``Context.prior_noise`` distorts the
+prior's scores first (``prior_noise.distort``).
 
 Registered on import; ``optuna_autopipe.bench.methods`` imports this module.
 """
@@ -20,6 +21,7 @@ import optuna
 
 from objectives.replay import ReplayTask
 from optuna_autopipe.bench.methods import Context, register
+from optuna_autopipe.bench.prior_noise import distort
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.ranker import Ranker
 
@@ -30,15 +32,20 @@ _CACHE_SIZE = 8
 _RANKERS: OrderedDict[tuple[tuple[str, str, int], ...], Ranker] = OrderedDict()
 
 
+def prior_corpus(offline: Sequence[ReplayTask]) -> Corpus:
+    """The offline datasets' reference pools, at most ``CORPUS_ROWS`` runs each (seeded),
+    grouped as the benchmark groups them."""
+    groups = {t.name: str(getattr(t, "group", t.name)) for t in offline}
+    return Corpus.from_tasks(offline, groups=groups).subsample(CORPUS_ROWS, seed=0)
+
+
 def offline_ranker(offline: Sequence[ReplayTask]) -> Ranker:
     """The prior fitted on ``offline`` (cached per process by the datasets' names)."""
     key = tuple((t.benchmark, t.name, len(t.pool()[1])) for t in offline)
     if key in _RANKERS:
         _RANKERS.move_to_end(key)
         return _RANKERS[key]
-    groups = {t.name: str(getattr(t, "group", t.name)) for t in offline}
-    corpus = Corpus.from_tasks(offline, groups=groups).subsample(CORPUS_ROWS, seed=0)
-    ranker = Ranker(n_jobs=1).fit(corpus)
+    ranker = Ranker(n_jobs=1).fit(prior_corpus(offline))
     _RANKERS[key] = ranker
     while len(_RANKERS) > _CACHE_SIZE:
         _RANKERS.popitem(last=False)
@@ -48,7 +55,7 @@ def offline_ranker(offline: Sequence[ReplayTask]) -> Ranker:
 @register("offline")
 def offline(ctx: Context) -> optuna.Study:
     """The ranker's top configuration of the held-out task's pool, run once."""
-    ranker = offline_ranker(ctx.offline)
+    ranker = distort(offline_ranker(ctx.offline), ctx.prior_noise, seed=ctx.seed)
     candidates = ctx.task.pool()[0]
     scores = ranker.score(candidates, ctx.task.dataset_features)
     top = int(np.argmax(scores))

@@ -1,8 +1,9 @@
 """Benchmark outputs: ``results.csv``, ``summary.md`` and ``regret_vs_cost.png``.
 
 Regret is measured against the best of the reference pool, which is the task's fixed pool
-plus the true score of every configuration any study of that dataset in the storage
-evaluated (so regret >= 0 always):
+plus the true score of every configuration any study of that benchmark and dataset in the
+storage evaluated, whatever its protocol or prior noise (so regret >= 0 always, and settings
+run into one storage share one reference):
 
     regret            = sign · (best − score)            (sign = +1 maximise, −1 minimise)
     normalized_regret = regret / |best − median(pool)|   (median over the fixed pool)
@@ -21,13 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 import pandas as pd
 
 from objectives.registry import Benchmark
+from optuna_autopipe.bench.methods import PROTOCOL_FREE
 
 if TYPE_CHECKING:
     from optuna_autopipe.bench.harness import BenchSpec, Job
@@ -47,8 +49,19 @@ COLUMNS = [
     "n_evals",
     "cost_unit",
     "protocol",
+    "n_sources",
+    "sources",
+    "prior_noise",
     "budget",
 ]
+
+#: Which datasets a method may learn from, per protocol (``Benchmark.offline``).
+SOURCES_RULE = {
+    "grouped": "every dataset outside the held-out dataset's group",
+    "lodo": "every other dataset",
+    "single-source": "one dataset of another group, a different one per seed",
+    "few-source": "{k} datasets of other groups, a different set per seed",
+}
 
 
 @dataclass(frozen=True)
@@ -70,18 +83,20 @@ def write_outputs(
     wall_seconds: float,
 ) -> Outputs:
     """Read the finished studies of ``jobs`` from ``storage`` and write the three outputs."""
-    records = {
-        s.study_name: s.user_attrs["bench"]
+    finished = [
+        s
         for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
         if "bench" in s.user_attrs
-    }
-    references = _references(benchmark, records, {job.dataset for job in jobs})
+    ]
+    records = {s.study_name: s.user_attrs["bench"] for s in finished}
+    references = _references(benchmark, finished, {job.dataset for job in jobs})
     rows, curves = [], []
     for job in jobs:
         record = records[job.study_name]
         best, scale = references[job.dataset]
         sign = benchmark.task(job.dataset).sign()
         regret = max(0.0, sign * (best - record["score"]))
+        free = job.method in PROTOCOL_FREE  # one study shared by every setting
         rows.append(
             {
                 "benchmark": benchmark.name,
@@ -97,7 +112,10 @@ def write_outputs(
                 "cost_real": record["cost_real"],
                 "n_evals": record["n_evals"],
                 "cost_unit": record["cost_unit"],
-                "protocol": record["protocol"],
+                "protocol": spec.protocol,
+                "n_sources": 0 if free else record["n_sources"],
+                "sources": "" if free else record["sources"],
+                "prior_noise": spec.prior_noise,
                 "budget": record["budget"],
             }
         )
@@ -118,20 +136,28 @@ def write_outputs(
     summary = spec.out / "summary.md"
     summary.write_text(summarise(table, spec=spec, wall_seconds=wall_seconds))
     plot = spec.out / "regret_vs_cost.png"
-    plot_regret_vs_cost(curves, plot, title=f"{benchmark.name} ({spec.protocol})")
+    plot_regret_vs_cost(curves, plot, title=f"{benchmark.name} ({spec.tag})")
     return Outputs(results, summary, plot, table, spec.storage_url, wall_seconds)
 
 
 def _references(
-    benchmark: Benchmark, records: dict[str, dict[str, Any]], datasets: set[str]
+    benchmark: Benchmark, finished: Sequence[optuna.study.StudySummary], datasets: set[str]
 ) -> dict[str, tuple[float, float]]:
-    """Per dataset: (best score of the reference pool, |best − median| of the fixed pool)."""
+    """Per dataset: (best score of the reference pool, |best − median| of the fixed pool).
+
+    The pool takes every finished study of the benchmark and dataset (by the study's user
+    attrs ``benchmark`` and ``dataset``), whatever its protocol.
+    """
     references = {}
     for dataset in datasets:
         task = benchmark.task(dataset)
         _, scores = task.pool()
-        prefix = f"{benchmark.name}/{dataset}/"
-        evaluated = [r["best_evaluated"] for n, r in records.items() if n.startswith(prefix)]
+        evaluated = [
+            s.user_attrs["bench"]["best_evaluated"]
+            for s in finished
+            if s.user_attrs.get("benchmark") == benchmark.name
+            and s.user_attrs.get("dataset") == dataset
+        ]
         signed = np.concatenate([scores, evaluated]) * task.sign()
         best = float(signed.max() * task.sign())
         scale = abs(best - float(np.median(scores)))
@@ -151,22 +177,29 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
     """The summary page: overall and per-dataset normalised regret, cost, and provenance."""
     per_dataset = table.groupby(["method", "dataset"], sort=False).mean(numeric_only=True)
     methods = list(dict.fromkeys(table["method"]))
+    sources = SOURCES_RULE[spec.protocol].format(k=spec.sources)
     lines = [
-        f"# {spec.benchmark}: leave-one-dataset-out, protocol `{spec.protocol}`",
+        f"# {spec.benchmark}: protocol `{spec.tag}` (sources: {sources}), "
+        f"prior noise `{spec.prior_noise}`",
         "",
         f"Budget {spec.budget} full evaluations, {spec.seeds} seeds, "
         f"{table['dataset'].nunique()} datasets. Normalised regret "
         "(regret / |best − median| of the reference pool, lower is better): mean ± s.e. across "
-        "datasets of the per-dataset means over seeds. Cost in full-run equivalents and in "
-        f"{table['cost_unit'].iloc[0]}.",
+        "datasets of the per-dataset means over seeds; worst dataset: the highest of those "
+        "per-dataset means; datasets > 1.0: how many of them exceed 1.0 (worse than the pool's "
+        f"median). Cost in full-run equivalents and in {table['cost_unit'].iloc[0]}. "
+        "Sources per study: `sources` in results.csv.",
         "",
-        "| method | normalised regret | regret | cost (full runs) | cost (real) | evaluations |",
-        "|---|---|---|---|---|---|",
+        "| method | normalised regret | worst dataset | datasets > 1.0 | regret "
+        "| cost (full runs) | cost (real) | evaluations |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
         rows = per_dataset.loc[method]
+        regrets = rows["normalized_regret"]
         lines.append(
-            f"| {method} | {mean_se(rows['normalized_regret'])} | {mean_se(rows['regret'])} "
+            f"| {method} | {mean_se(regrets)} | {regrets.idxmax()}: {regrets.max():.3f} "
+            f"| {int((regrets > 1.0).sum())} | {mean_se(rows['regret'])} "
             f"| {rows['cost'].mean():.2f} | {rows['cost_real'].mean():.4g} "
             f"| {rows['n_evals'].mean():.1f} |"
         )
