@@ -11,6 +11,7 @@ import optuna
 from objectives import load_benchmark
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.prior import fit_prior
+from optuna_autopipe.promotion import promote_best
 from optuna_autopipe.sampler import AutoPipeSampler
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/compare-with-tpe")
@@ -33,15 +34,15 @@ def study(name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     )
 
 
-# AutoPipe: 15 runs stopped at 50%, then one full-fidelity verification.
+# AutoPipe: 15 runs stopped at 50%, then the 3 best resumed to full fidelity.
 sampler = AutoPipeSampler(
     prior, new.dataset_features, budget=15, seed=0, search_space=new.search_space
 )
 autopipe = study("autopipe", sampler)
 if not autopipe.trials:
     autopipe.optimize(new.objective(seed=0, fraction=0.5, regressor=prior.regressor), n_trials=15)
-    autopipe.enqueue_trial(sampler.recommend(autopipe))
-    autopipe.optimize(new.objective(seed=0), n_trials=1)
+    promote_best(autopipe, sampler)
+    autopipe.optimize(new.objective(seed=0), n_trials=sampler.n_promote)
 # TPE: 15 full runs.
 tpe = study("tpe", optuna.samplers.TPESampler(seed=0))
 if not tpe.trials:

@@ -8,6 +8,7 @@ import optuna
 from objectives import load_benchmark
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.prior import fit_prior
+from optuna_autopipe.promotion import promote_best
 from optuna_autopipe.sampler import AutoPipeSampler
 
 nmt = load_benchmark("nmt")
@@ -20,7 +21,8 @@ sampler = AutoPipeSampler(
 study = optuna.create_study(direction=new.direction, sampler=sampler)
 # 15 trials stopped at 50% of training; each ends PRUNED with its proxy in user attrs.
 study.optimize(new.objective(seed=0, fraction=0.5, regressor=prior.regressor), n_trials=15)
-# One full-fidelity verification of the recommended configuration.
-study.enqueue_trial(sampler.recommend(study))
-study.optimize(new.objective(seed=0), n_trials=1)
-print(f"recommended {study.trials[-1].params}: perplexity {study.trials[-1].value:.2f}")
+# The 3 best early stops resume to full fidelity; the best verified one is the answer.
+promote_best(study, sampler)
+study.optimize(new.objective(seed=0), n_trials=sampler.n_promote)
+best = sampler.recommend(study)
+print(f"recommended {best}: perplexity {new.true_score(best):.2f} (noise-free)")

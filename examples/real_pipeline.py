@@ -22,9 +22,9 @@ from objectives.post_training.evaluation import EvalSuite
 from objectives.post_training.objective import PostTrainingObjective
 from objectives.post_training.search_space import SFT_PARAMETERS, paper_space, tiny_space
 from objectives.post_training.tasks import write_dataset
-from optuna_autopipe.early_stop import verify
 from optuna_autopipe.prior import Prior
 from optuna_autopipe.profile import DatasetProfile
+from optuna_autopipe.promotion import promote_best
 from optuna_autopipe.sampler import AutoPipeSampler
 
 parser = argparse.ArgumentParser()
@@ -75,6 +75,7 @@ study = optuna.create_study(
     load_if_exists=True,
 )
 study.optimize(objective, n_trials=args.trials)
-verify(study, sampler.recommend(study))  # resumes the stopped SFT, then GRPO and lm-eval
-study.optimize(objective, n_trials=1)
-print(f"verified {study.trials[-1].params}: accuracy {study.trials[-1].value}")
+# the best early stops resume their SFT, then GRPO and lm-eval; the best verified one wins
+promoted = promote_best(study, sampler)
+study.optimize(objective, n_trials=len(promoted))
+print(f"best verified {sampler.recommend(study)}: accuracy {study.best_value}")

@@ -36,14 +36,19 @@ def promote_best(
     Run the enqueued trials with an objective that goes to full fidelity for a trial holding
     ``autopipe:promoted_from`` (and resumes from ``early_stop.resume_checkpoint(trial)``),
     e.g. ``study.optimize(objective, n_trials=len(promoted))``. Configurations already
-    promoted (or run at full fidelity) are not promoted again.
+    promoted (waiting, running or done) or run at full fidelity are not promoted again.
 
     Raises ``ValueError`` for a negative ``n``.
     """
     n = sampler.n_promote if n is None else n
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n!r}.")
-    chosen = sampler.early_stop_ranking(study)[:n]
+    pending = {
+        t.user_attrs[PROMOTED_FROM_ATTR]
+        for t in study.get_trials(deepcopy=False)
+        if PROMOTED_FROM_ATTR in t.user_attrs and t.state != TrialState.FAIL
+    }
+    chosen = [t for t in sampler.early_stop_ranking(study) if t.number not in pending][:n]
     for trial in chosen:
         promote(study, trial)
     return [trial.number for trial in chosen]

@@ -199,7 +199,7 @@ def test_a_malformed_profile_attr_names_the_study_and_leaves_it_intact(study):
 
 
 def test_an_empty_corpus_or_one_of_single_runs_cannot_fit_a_prior():
-    with pytest.raises(ValueError, match="at least 1 dataset with 2\\+ runs.*0 usable of 0"):
+    with pytest.raises(ValueError, match=r"at least 1 dataset with 2\+ runs.*0 usable of 0"):
         fit_prior(_corpus(0))
     single = Corpus(dict(SPACE), [d.take([0]) for d in _corpus(2).datasets])
     with pytest.raises(ValueError, match=r"0 usable of 2 \(fewer than 2 runs: \['d0', 'd1'\]\)"):

@@ -215,3 +215,51 @@ def test_early_stop_signal_is_checked(prior):
         AutoPipeSampler(without_cut, {"size": 0.0}, early_stop_signal="cut")
     with pytest.raises(ValueError, match="needs a prior whose early-stop regressor has a cut"):
         AutoPipeSampler(None, early_stop_signal="cut")
+
+
+def test_only_level_statistics_compete_and_their_ranking_survives_save_and_load(prior, tmp_path):
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=40)
+    names = ["m.prefix.std", "m.prefix.mean", "m.late.slope", "m.late.min"]
+    # a spread and a trend statistic that rank perfectly, two levels that rank less well
+    columns = [z, z + rng.normal(0, 0.5, 40), -z, -(z + rng.normal(0, 2.0, 40))]
+    cut = CutSignal.fit(np.c_[tuple(columns)], names, z, np.zeros(40))
+    assert cut is not None and cut.feature == "m.prefix.mean" and cut.sign == 1.0
+    assert [name for name, _ in cut.candidates] == ["m.prefix.mean", "m.late.min"]
+    assert cut.candidates[1][1] < 0 and cut.record()["candidates"][0][0] == "m.prefix.mean"
+    assert CutSignal.fit(np.c_[z], ["m.prefix.std"], z, np.zeros(40)) is None
+    prior.save(tmp_path)
+    loaded = Prior.load(tmp_path).regressor
+    assert loaded is not None and loaded.cut == prior.regressor.cut
+    assert loaded.cut.candidates and all(
+        name.rsplit(".", 1)[1] in ("mean", "max", "min") for name, _ in loaded.cut.candidates
+    )
+
+
+@pytest.mark.parametrize(
+    ("groups", "anchors", "judged"),
+    [
+        (["d0"], "in-sample", False),
+        (["g", "g"], "in-sample", False),
+        (["a", "b"], "cross-fitted", True),
+    ],
+)
+def test_a_prior_from_little_history_says_what_it_could_not_judge(groups, anchors, judged):
+    datasets = [_dataset(f"d{i}", i) for i in range(len(groups))]
+    for d, group in zip(datasets, groups, strict=True):
+        d.group = group
+    prior = fit_prior(Corpus(dict(SPACE), datasets), grid=[TreeParams(n_estimators=30)] * 2)
+    record = prior.record
+    assert record["ranker"]["groups"] == len(set(groups))
+    assert record["ranker"]["grid_search"].startswith("skipped: ")
+    assert record["regressor"]["anchors"] == anchors
+    assert record["regressor"]["proxy_judgement"].startswith(
+        "out of fold" if judged else "not judged"
+    )
+    assert (record["regressor"]["proxy_spearman"] is not None) == judged
+    if not judged:  # nothing judged in-sample: the conservative signal, the run's own score
+        assert prior.regressor.uses_cut and record["regressor"]["auto_signal"] == "cut"
+    sampler = AutoPipeSampler(prior, {"size": 0.0}, seed=0, search_space=SPACE, n_samples=64)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("w", 0, 1), n_trials=4)
+    assert len(study.trials) == 4 and (sampler._signal is not None) == prior.regressor.uses_cut

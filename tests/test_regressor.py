@@ -116,7 +116,7 @@ def test_bad_inputs_name_the_problem(corpus):
         dict(SPACE),
         [DatasetRuns(d.name, d.direction, {}, d.configs, d.scores) for d in corpus.datasets],
     )
-    with pytest.raises(ValueError, match="recorded training dynamics .* on at least 1 dataset"):
+    with pytest.raises(ValueError, match=r"recorded training dynamics .* on at least 1 dataset"):
         EarlyStopRegressor(target="direct").fit(no_dynamics)
     with pytest.raises(ValueError, match="target"):
         EarlyStopRegressor(target="absolute")  # type: ignore[arg-type]

@@ -5,9 +5,10 @@
 
 Then per seed (default 0, 1, 2; one study per method and seed):
 
-2. AutoPipe: ``budget`` trials stopped at 50% of SFT (PRUNED, proxy in user attrs), then
-   ``verify`` promotes the recommended configuration to one full run (SFT resumes from the
-   early stop's checkpoint, then GRPO and lm-eval).
+2. AutoPipe (the default, calibrated sampler): ``budget`` trials stopped at 50% of SFT
+   (PRUNED, dynamics and proxy in user attrs), then ``promote_best`` promotes the 3 best to
+   full runs (SFT resumes from the early stop's checkpoint, then GRPO and lm-eval); the
+   best verified run is AutoPipe's result.
 3. TPE: full runs in a second study of the same SQLite file until it has spent as much
    pipeline time as AutoPipe did (at least one run).
 """
@@ -33,8 +34,9 @@ from objectives.post_training.mini_corpus import (
 )
 from objectives.post_training.search_space import SFT_PARAMETERS, tiny_space
 from optuna_autopipe.corpus import Corpus
-from optuna_autopipe.early_stop import verify
+from optuna_autopipe.early_stop import PROMOTED_FROM_ATTR, verify
 from optuna_autopipe.prior import Prior, fit_prior
+from optuna_autopipe.promotion import promote_best
 from optuna_autopipe.sampler import AutoPipeSampler
 
 BUNDLED = Path(__file__).parent / "bundled"
@@ -43,7 +45,7 @@ BUNDLED = Path(__file__).parent / "bundled"
 @dataclass(frozen=True)
 class Outcome:
     """One method's result on one seed: trials run, pipeline seconds spent, best full-fidelity
-    score (AutoPipe: its one verification run)."""
+    score (AutoPipe: its best verified run)."""
 
     method: str
     seed: int
@@ -123,9 +125,12 @@ def run_demo(
         remaining = budget - len(autopipe.trials)
         if remaining > 0:
             autopipe.optimize(early, n_trials=remaining, show_progress_bar=True)
-        if not any(t.state == TrialState.COMPLETE for t in autopipe.trials):
+        promoted = any(PROMOTED_FROM_ATTR in t.user_attrs for t in autopipe.trials)
+        if not promoted and not promote_best(autopipe, sampler):  # nothing stopped early
             verify(autopipe, sampler.recommend(autopipe))
-            autopipe.optimize(early, n_trials=1)
+        waiting = autopipe.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if waiting:
+            autopipe.optimize(early, n_trials=len(waiting))
         outcomes.append(_outcome("autopipe", seed, autopipe))
         tpe = study("tpe", seed, optuna.samplers.TPESampler(seed=seed))
         while not tpe.trials or _spent(tpe) < outcomes[-1].seconds:
