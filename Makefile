@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
 QUICK := --budget 15 --seeds 2 --methods random,tpe,gp,bohb,random1,global,smac
 
-.PHONY: install demo demo-replay test lint bench-quick bench reference-check bench-prior bench-sampler
+.PHONY: install demo demo-replay test lint bench-quick bench bench-stress reference-check bench-prior bench-sampler
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,11 +44,26 @@ bench-quick: $(STAMP)
 
 # The README's results: 5 seeds, both benchmarks (NMT under both hold-out protocols), every
 # baseline, AutoPipe and its ablations and cut sensitivity (about 1.5 h on 2 cores).
-FINAL := --seeds 5 --methods random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,random-cut,tpe-cut,autopipe,autopipe-proxy,autopipe-full,no-residual,no-bo,no-offline,autopipe-50,autopipe-75,autopipe-belief-rec
+FINAL := --seeds 5 --methods random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,random-cut,tpe-cut,autopipe,autopipe-paper,autopipe-proxy,autopipe-full,no-residual,no-bo,no-offline,autopipe-50,autopipe-75,autopipe-belief-rec
 bench: $(STAMP)
 	$(VENV)/bin/autopipe bench --benchmark nmt $(FINAL) --out runs/bench/nmt
 	$(VENV)/bin/autopipe bench --benchmark nmt $(FINAL) --protocol lodo --out runs/bench/nmt-lodo
 	$(VENV)/bin/autopipe bench --benchmark lcbench $(FINAL) --out runs/bench/lcbench
+
+# Robustness under dataset shift (README: "Robustness"): each benchmark in ONE storage under
+# grouped, single-source, few-source (K = 2) and an inverted prior, 5 seeds (about 2 h on 2
+# cores). The Optuna baselines learn nothing from other datasets: they run once and every
+# setting reads them.
+STRESS_BASE := random,tpe,gp,bohb,smac,offline,autopipe,autopipe-paper
+bench-stress: $(STAMP)
+	set -e; for b in nmt lcbench; do \
+	  run="$(VENV)/bin/autopipe bench --benchmark $$b --budget 15 --seeds 5 --storage sqlite:///runs/stress/$$b.db"; \
+	  $$run --out runs/stress/$$b-grouped --methods $(STRESS_BASE); \
+	  $$run --out runs/stress/$$b-single --protocol single-source \
+	    --methods $(STRESS_BASE),autopipe-fixed-lambda,autopipe-1v; \
+	  $$run --out runs/stress/$$b-few --protocol few-source --sources 2 --methods $(STRESS_BASE); \
+	  $$run --out runs/stress/$$b-inverted --prior-noise inverted --methods $(STRESS_BASE); \
+	done
 
 # Baselines under the independent check's settings (../shared/benchmarks/README.md): 10 seeds,
 # LCBench without observation noise. Compare with docs/benchmarks.md.

@@ -41,8 +41,8 @@ sampler = AutoPipeSampler(
 autopipe = study("autopipe", sampler)
 if not autopipe.trials:
     autopipe.optimize(new.objective(seed=0, fraction=0.5, regressor=prior.regressor), n_trials=15)
-    promote_best(autopipe, sampler)
-    autopipe.optimize(new.objective(seed=0), n_trials=sampler.n_promote)
+    promoted = promote_best(autopipe, sampler)
+    autopipe.optimize(new.objective(seed=0), n_trials=len(promoted))
 # TPE: 15 full runs.
 tpe = study("tpe", optuna.samplers.TPESampler(seed=0))
 if not tpe.trials:

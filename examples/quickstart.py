@@ -22,7 +22,7 @@ study = optuna.create_study(direction=new.direction, sampler=sampler)
 # 15 trials stopped at 50% of training; each ends PRUNED with its proxy in user attrs.
 study.optimize(new.objective(seed=0, fraction=0.5, regressor=prior.regressor), n_trials=15)
 # The 3 best early stops resume to full fidelity; the best verified one is the answer.
-promote_best(study, sampler)
-study.optimize(new.objective(seed=0), n_trials=sampler.n_promote)
+promoted = promote_best(study, sampler)
+study.optimize(new.objective(seed=0), n_trials=len(promoted))
 best = sampler.recommend(study)
 print(f"recommended {best}: perplexity {new.true_score(best):.2f} (noise-free)")

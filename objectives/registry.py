@@ -66,7 +66,7 @@ class Benchmark:
         if protocol == "few-source" and not 1 <= sources < len(candidates):
             raise ValueError(
                 f"few-source needs 1 <= K < {len(candidates)} (the number of datasets outside "
-                f"{target!r}'s group); got K = {sources}."
+                f"the group of {target!r}); got K = {sources}."
             )
         if not candidates:
             raise ValueError(f"{target!r} has no dataset outside its group to learn from.")

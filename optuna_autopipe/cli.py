@@ -26,7 +26,7 @@ from optuna_autopipe.bench.prior_noise import PRIOR_NOISE
 
 DEFAULT_METHODS = (
     "random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,random-cut,tpe-cut,"
-    "autopipe,autopipe-proxy,autopipe-full,no-residual,no-bo,no-offline"
+    "autopipe,autopipe-paper,autopipe-proxy,autopipe-full,no-residual,no-bo,no-offline"
 )
 
 
@@ -229,8 +229,18 @@ def _fit_prior(args: argparse.Namespace) -> int:
     prior.save(args.out)
     print(f"prior fitted on {len(corpus.datasets)} datasets, {prior.record['chosen']}")
     print(
+        f"ranker: {prior.record['ranker']['groups']} group(s) of datasets, grid search "
+        f"{prior.record['ranker']['grid_search']}"
+    )
+    regressor = prior.record["regressor"]
+    print(
         "early-stop regressor: "
-        + ("none (no run carries training dynamics)" if prior.regressor is None else "fitted")
+        + (
+            "none (no run carries training dynamics)"
+            if regressor is None
+            else f"fitted; proxy {regressor['proxy_judgement']}; early_stop_signal='auto' "
+            f"uses the {regressor['auto_signal']}"
+        )
     )
     print(f"saved to {args.out}")
     return 0

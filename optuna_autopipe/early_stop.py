@@ -81,6 +81,8 @@ class AutoPipeEarlyStop:
         total_steps: planned training length in steps; ``None`` for a trainer callback (read
             from ``state.max_steps`` when training begins).
         fraction: early-stop point as a share of ``total_steps``; 1 records without stopping.
+            A promoted trial (user attr ``autopipe:promoted_from``, ``promote``/``verify``)
+            always runs to full fidelity, so one objective serves both phases.
         primary: metric reported as the trial's intermediate value.
         regressor: turns the dynamics at the stop into a proxy (``EarlyStopRegressor`` with
             the same ``fraction``); without it only the dynamics are recorded.
@@ -112,7 +114,7 @@ class AutoPipeEarlyStop:
         if regressor is not None and dataset is None:
             raise ValueError("A regressor needs the dataset's features: pass dataset=profile.")
         self.trial = trial
-        self.fraction = fraction
+        self.fraction = 1.0 if PROMOTED_FROM_ATTR in trial.user_attrs else fraction
         self.primary = primary
         self.regressor = regressor
         self.features = dict(

@@ -36,7 +36,8 @@ def promote_best(
     Run the enqueued trials with an objective that goes to full fidelity for a trial holding
     ``autopipe:promoted_from`` (and resumes from ``early_stop.resume_checkpoint(trial)``),
     e.g. ``study.optimize(objective, n_trials=len(promoted))``. Configurations already
-    promoted (waiting, running or done) or run at full fidelity are not promoted again.
+    promoted (waiting, running or done) or run at full fidelity are not promoted again, so
+    a second call promotes the next ``n`` (one call per round of promotions).
 
     Raises ``ValueError`` for a negative ``n``.
     """

@@ -231,7 +231,10 @@ class EarlyStopRegressor:
             "fraction": self.fraction,
             "proxy_spearman": None if math.isnan(self.proxy_spearman) else self.proxy_spearman,
             "proxy_judgement": self.proxy_judgement,
-            "cut_signal": None if self.cut is None else self.cut.record(),
+            "cut_signal": "none: no level statistic of a logged metric relates to the final "
+            "score within a dataset (it needs 3+ runs of one dataset with dynamics)"
+            if self.cut is None
+            else self.cut.record(),
             "auto_signal": "cut" if self.uses_cut else "proxy",
         }
 
@@ -360,11 +363,12 @@ def prior_scores(corpus: Corpus, ranker: Ranker, *, folds: int = 0) -> dict[str,
     settings trained on the other folds. Cross-fitting needs 2+ groups; with one it falls
     back to in-sample scores (``ranker`` must be fitted; ``cross_fitted`` tells which).
     """
-    groups = sorted({d.group for d in corpus.datasets})
+    groups = sorted({d.group for d in corpus.rankable})
     folds = min(folds, len(groups))
+    # a dataset of one run has nothing to rank (its standardised score is 0 either way)
+    scores = {d.name: ranker.score(d.configs, d.features) for d in corpus.datasets}
     if not cross_fitted(corpus, folds):
-        return {d.name: ranker.score(d.configs, d.features) for d in corpus.datasets}
-    scores = {}
+        return scores
     for k in range(folds):
         held = {g for i, g in enumerate(groups) if i % folds == k}
         train = corpus.without(d.name for d in corpus.datasets if d.group in held)
@@ -376,8 +380,9 @@ def prior_scores(corpus: Corpus, ranker: Ranker, *, folds: int = 0) -> dict[str,
 
 
 def cross_fitted(corpus: Corpus, folds: int) -> bool:
-    """Whether ``prior_scores(corpus, ..., folds=folds)`` cross-fits (2+ folds of groups)."""
-    return min(folds, len({d.group for d in corpus.datasets})) >= 2
+    """Whether ``prior_scores(corpus, ..., folds=folds)`` cross-fits (2+ folds of groups
+    holding a dataset of 2+ runs)."""
+    return min(folds, len({d.group for d in corpus.rankable})) >= 2
 
 
 def _checked_scores(scores: Mapping[str, np.ndarray], d: DatasetRuns) -> np.ndarray:

@@ -22,6 +22,7 @@ from optuna_autopipe.early_stop import (
     PROXY_ATTR,
     PROXY_VARIANCE_ATTR,
     STOP_STEP_ATTR,
+    AutoPipeEarlyStop,
     promote,
 )
 from optuna_autopipe.ensemble import TreeParams
@@ -220,3 +221,14 @@ def test_a_promoted_replay_resumes_its_run_and_costs_only_the_rest(nmt):
     assert resumed.cost + evaluations[first.number].cost == pytest.approx(fresh.cost)
     dynamics = study.trials[-1].user_attrs["autopipe:dynamics"]
     assert f"[{steps}," in dynamics and f"[{steps + 1}," in dynamics  # continued, not restarted
+
+
+def test_the_hook_runs_a_promoted_trial_to_full_fidelity_whatever_its_fraction():
+    study = optuna.create_study()
+    study.enqueue_trial({}, user_attrs={PROMOTED_FROM_ATTR: 0})
+    trial = study.ask()
+    hook = AutoPipeEarlyStop(trial, total_steps=8, fraction=0.25)
+    assert not any(hook.report(step, {"loss": 1.0 / step}) for step in range(1, 9))
+    hook.finish()  # does not raise: a complete run
+    plain = AutoPipeEarlyStop(study.ask(), total_steps=8, fraction=0.25)
+    assert [plain.report(step, {"loss": 1.0}) for step in (1, 2)] == [False, True]

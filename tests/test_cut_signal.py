@@ -263,3 +263,11 @@ def test_a_prior_from_little_history_says_what_it_could_not_judge(groups, anchor
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("w", 0, 1), n_trials=4)
     assert len(study.trials) == 4 and (sampler._signal is not None) == prior.regressor.uses_cut
+
+
+def test_a_group_of_one_run_is_scored_but_not_used_to_cross_fit():
+    single = _dataset("single", 1).take([0])
+    single.group = "other"
+    prior = fit_prior(Corpus(dict(SPACE), [_dataset("d0", 0), single]), grid=[TreeParams()])
+    assert prior.record["regressor"]["anchors"] == "in-sample"  # one group can rank
+    assert prior.regressor is not None and prior.regressor.uses_cut

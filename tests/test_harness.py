@@ -273,12 +273,15 @@ def test_source_protocols_record_their_sources_per_seed(source_runs, nmt):
         table = pd.read_csv(outputs.results)
         assert len(table) == len(DATASETS) * 2 * 2
         assert (table.protocol == spec.protocol).all() and (table.prior_noise == "none").all()
-        assert (table.n_sources == (2 if spec.protocol == "few-source" else 1)).all()
-        for row in table.itertuples():
+        learns = table[table.method == "global"]  # random learns nothing: no sources
+        assert (table[table.method == "random"].n_sources == 0).all()
+        assert table[table.method == "random"].sources.isna().all()
+        assert (learns.n_sources == (2 if spec.protocol == "few-source" else 1)).all()
+        for row in learns.itertuples():
             expected = nmt.offline(row.dataset, spec.protocol, replicate=row.seed)
             assert row.sources == ";".join(t.name for t in expected)
             assert all(nmt.groups[d] != "ted" for d in row.sources.split(";"))
-        for _, rows in table.groupby(["dataset", "method"]):
+        for _, rows in learns.groupby("dataset"):
             assert rows.set_index("seed").sources[0] != rows.set_index("seed").sources[1]
 
 
@@ -302,9 +305,11 @@ def test_summary_names_the_setting_and_each_methods_worst_dataset(source_runs):
 def test_protocols_share_one_storage_without_colliding(source_runs):
     root, _ = source_runs
     names = {s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{root / 'bench.db'}")}
-    assert len(names) == 2 * len(DATASETS) * 2 * 2
+    # global learns from the sources: one study per setting; random does not: shared
+    assert len(names) == (2 + 1) * len(DATASETS) * 2
     assert "nmt/few-source-2/ted-ru-en/global/seed1" in names
     assert "nmt/single-source/ted-ru-en/global/seed1" in names
+    assert "nmt/ted-ru-en/random/seed1" in names
 
 
 def test_protocols_in_one_storage_share_the_reference_best(source_runs, tmp_path):
@@ -313,7 +318,7 @@ def test_protocols_in_one_storage_share_the_reference_best(source_runs, tmp_path
     shutil.copy(root / "bench.db", tmp_path / "bench.db")
     storage = f"sqlite:///{tmp_path / 'bench.db'}"
     study = optuna.load_study(
-        study_name="nmt/single-source/ted-ru-en/random/seed0", storage=storage
+        study_name="nmt/single-source/ted-ru-en/global/seed0", storage=storage
     )
     record = study.user_attrs["bench"]
     study.set_user_attr("bench", {**record, "best_evaluated": 1.0})  # below every pool score
@@ -327,7 +332,7 @@ def test_protocols_in_one_storage_share_the_reference_best(source_runs, tmp_path
 
 def test_cli_runs_few_source_with_prior_noise_under_its_own_study_name(tmp_path):
     out = tmp_path / "out"
-    argv = ["bench", "--benchmark", "nmt", "--methods", "random", "--budget", "1"]
+    argv = ["bench", "--benchmark", "nmt", "--methods", "offline", "--budget", "1"]
     argv += ["--seeds", "1", "--datasets", "ted-ru-en", "--workers", "1", "--out", str(out)]
     assert (
         main([*argv, "--protocol", "few-source", "--sources", "3", "--prior-noise", "inverted"])
@@ -336,7 +341,7 @@ def test_cli_runs_few_source_with_prior_noise_under_its_own_study_name(tmp_path)
     table = pd.read_csv(out / "results.csv")
     assert table.n_sources.tolist() == [3] and table.prior_noise.tolist() == ["inverted"]
     (summary,) = optuna.get_all_study_summaries(f"sqlite:///{out / 'bench.db'}")
-    assert summary.study_name == "nmt/few-source-3+inverted/ted-ru-en/random/seed0"
+    assert summary.study_name == "nmt/few-source-3+inverted/ted-ru-en/offline/seed0"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ settings (one grid point: no grid search, as in ``offline``), cached per process
   (``early_stop_signal="auto"``), the prior's weight estimated on the study
   (``calibration.py``); then the ``n_promote`` (3) best early stops are promoted to full
   fidelity, resuming their runs (``promotion.py``): 15 × 0.25 + 3 × 0.75 = 6 full runs.
-  The best verified configuration is the selection.
+  The best verified configuration is the selection; the study's user attr
+  ``autopipe:signal_agreement`` says how well the early signal ordered the promoted runs.
 - ``autopipe-paper``: the paper's procedure (``procedure="paper"``): regressor proxies,
   λ on a fixed schedule, warm start among the prior's best, one verification of
   ``recommend`` (15 × 0.25 + 1 = 4.75 full runs).
@@ -30,6 +31,7 @@ Registered on import; ``optuna_autopipe.bench.methods`` imports this module on f
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import lru_cache
 from typing import Any
 
@@ -44,7 +46,7 @@ from optuna_autopipe.bench.prior_noise import distort
 from optuna_autopipe.early_stop import verify
 from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.prior import Prior, fit_prior
-from optuna_autopipe.promotion import promote_best
+from optuna_autopipe.promotion import promote_best, signal_agreement
 from optuna_autopipe.sampler import AutoPipeSampler
 
 #: Early-stop point of ``autopipe`` and its early-stopped ablations.
@@ -65,6 +67,10 @@ def offline_prior(offline: tuple[ReplayTask, ...], fraction: float) -> Prior:
         for i, dynamics in zip(rows, observed, strict=True):
             runs.dynamics[i] = dynamics
     return fit_prior(corpus, grid=(TreeParams(),), fraction=fraction, n_jobs=1)
+
+
+def nan_to_none(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def autopipe(
@@ -114,6 +120,10 @@ def autopipe(
                 return study
             verify(study, best)
         study.optimize(ctx.objective(), n_trials=max(1, len(promoted)))
+        if len(promoted) >= 3:
+            study.set_user_attr(
+                "autopipe:signal_agreement", nan_to_none(signal_agreement(study, sampler))
+            )
         return study
 
     return run

@@ -179,7 +179,8 @@ def outcome(study: optuna.Study, ctx: Context, *, protocol: str) -> dict[str, An
     no trial reached full fidelity, the best observed value at the highest fidelity reached.
     ``trajectory`` holds ``[cumulative cost, true score of the selection so far]`` after
     every evaluation (``None`` before the first full-fidelity result). ``sources`` names the
-    offline datasets the method could learn from (``;``-separated).
+    offline datasets the method could learn from (``;``-separated); ``study_attrs`` are the
+    method's study user attrs (e.g. ``autopipe:signal_agreement``).
     """
     task, evaluations = ctx.task, ctx.evaluations
     better = max if task.direction == "maximize" else min
@@ -213,6 +214,7 @@ def outcome(study: optuna.Study, ctx: Context, *, protocol: str) -> dict[str, An
         "prior_noise": ctx.prior_noise,
         "budget": ctx.budget,
         "sampler_seed": ctx.seed,
+        "study_attrs": dict(study.user_attrs),
     }
 
 
