@@ -69,7 +69,8 @@ def offline_prior(offline: tuple[ReplayTask, ...], fraction: float) -> Prior:
     return fit_prior(corpus, grid=(TreeParams(),), fraction=fraction, n_jobs=1)
 
 
-def nan_to_none(value: float) -> float | None:
+def _nan_to_none(value: float) -> float | None:
+    """A JSON-safe study attr value."""
     return None if math.isnan(value) else value
 
 
@@ -84,7 +85,7 @@ def autopipe(
 
     After the early-stop phase the sampler's ``n_promote`` best early stops are promoted
     (resumed at full fidelity); with ``n_promote=0``, ``recommend(rule=recommend)`` is
-    verified once (``early_stop.verify``: a fresh full run in the replays).
+    verified once (``early_stop.verify``: it resumes the early-stopped run when there is one).
     """
 
     def run(ctx: Context) -> optuna.Study:
@@ -122,7 +123,7 @@ def autopipe(
         study.optimize(ctx.objective(), n_trials=max(1, len(promoted)))
         if len(promoted) >= 3:
             study.set_user_attr(
-                "autopipe:signal_agreement", nan_to_none(signal_agreement(study, sampler))
+                "autopipe:signal_agreement", _nan_to_none(signal_agreement(study, sampler))
             )
         return study
 
