@@ -365,10 +365,11 @@ def prior_scores(corpus: Corpus, ranker: Ranker, *, folds: int = 0) -> dict[str,
     """
     groups = sorted({d.group for d in corpus.rankable})
     folds = min(folds, len(groups))
-    # a dataset of one run has nothing to rank (its standardised score is 0 either way)
-    scores = {d.name: ranker.score(d.configs, d.features) for d in corpus.datasets}
     if not cross_fitted(corpus, folds):
-        return scores
+        return {d.name: ranker.score(d.configs, d.features) for d in corpus.datasets}
+    # a group of one-run datasets has nothing to rank (its standardised score is 0 either way)
+    unranked = [d for d in corpus.datasets if d.group not in groups]
+    scores = {d.name: ranker.score(d.configs, d.features) for d in unranked}
     for k in range(folds):
         held = {g for i, g in enumerate(groups) if i % folds == k}
         train = corpus.without(d.name for d in corpus.datasets if d.group in held)

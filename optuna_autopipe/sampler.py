@@ -519,7 +519,13 @@ class AutoPipeSampler(BaseSampler):
     def _observations(
         self, trials: Sequence[FrozenTrial], space: Mapping[str, Any], direction: StudyDirection
     ) -> list[_Observation]:
-        """Every usable finished trial as a z-value, higher = better: a full-fidelity value
+        """The observations of ``_observed``, without their trials."""
+        return [o for _, o in self._observed(trials, space, direction)]
+
+    def _observed(
+        self, trials: Sequence[FrozenTrial], space: Mapping[str, Any], direction: StudyDirection
+    ) -> list[tuple[FrozenTrial, _Observation]]:
+        """Every usable finished trial with its z-value, higher = better: a full-fidelity value
         standardised over the study's full-fidelity values (variance ``full_noise``); an
         early-stopped trial's proxy with its variance, or with the cut signal β·ĉ with
         variance v, ĉ its cut feature standardised over the study's early-stopped trials
@@ -531,16 +537,14 @@ class AutoPipeSampler(BaseSampler):
         sd = values.std() if len(values) >= 2 and values.std() > 0 else 1.0
         observed = [replace(o, z=(sign * o.z - mean) / sd) if o.full else o for _, o in pairs]
         early = [i for i, (_, o) in enumerate(pairs) if not o.full]
-        if self._signal is None or not early:
-            return observed
-        cuts = np.array([self._cut_value(pairs[i][0]) for i in early])
-        if not np.isfinite(cuts).all():
-            return observed
-        for i, c in zip(early, standardise(cuts), strict=True):
-            observed[i] = replace(
-                observed[i], z=self._signal.slope * c, variance=self._signal.variance
-            )
-        return observed
+        if self._signal is not None and early:
+            cuts = np.array([self._cut_value(pairs[i][0]) for i in early])
+            if np.isfinite(cuts).all():
+                for i, c in zip(early, standardise(cuts), strict=True):
+                    observed[i] = replace(
+                        observed[i], z=self._signal.slope * c, variance=self._signal.variance
+                    )
+        return [(t, o) for (t, _), o in zip(pairs, observed, strict=True)]
 
     def _best_cut(
         self, trials: Sequence[FrozenTrial], space: Mapping[str, Any]
@@ -739,11 +743,12 @@ class AutoPipeSampler(BaseSampler):
         space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
         if not space:
             return []
-        observed = self._observations(trials, space, study.direction)
-        seen = [t for t in trials if self._observation(t, space) is not None]
-        done = set() if include_verified else {config_key(o.config) for o in observed if o.full}
+        observed = self._observed(trials, space, study.direction)
+        done = set()
+        if not include_verified:
+            done = {config_key(o.config) for _, o in observed if o.full}
         ranked = []
-        for trial, o in sorted(zip(seen, observed, strict=True), key=lambda p: -p[1].z):
+        for trial, o in sorted(observed, key=lambda p: -p[1].z):
             key = config_key(o.config)
             if not o.full and stopped_early(trial) and key not in done:
                 ranked.append(trial)
