@@ -102,7 +102,9 @@ def perturb(
             neighbour = {}
             for name, dist in space.items():
                 value = config[name]
-                if isinstance(dist, CategoricalDistribution):
+                if value is None:  # inactive in a conditional space
+                    pass
+                elif isinstance(dist, CategoricalDistribution):
                     if rng.random() < scale:
                         value = dist.choices[int(rng.integers(len(dist.choices)))]
                 else:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
+from optuna_autopipe.conditional import inactive_rules
 from optuna_autopipe.corpus import Corpus, DatasetRuns
 from optuna_autopipe.ensemble import TreeParams, load_ensemble, save_ensemble
 from optuna_autopipe.feature_filter import (
@@ -46,6 +47,8 @@ class Ranker:
     encoder: SpaceEncoder | None = None
     dataset_features: list[str] = field(default_factory=list)
     kept_columns: list[str] = field(default_factory=list)
+    #: The corpus' conditional structure (``conditional.inactive_rules``), as lists.
+    inactive: list[list[Any]] = field(default_factory=list)
     models: list[xgb.XGBRanker] = field(default_factory=list)
 
     # --- training ------------------------------------------------------------------------
@@ -56,6 +59,8 @@ class Ranker:
         self.encoder = SpaceEncoder(corpus.space)
         self.dataset_features = corpus.feature_names if self.use_dataset_features else []
         datasets = corpus.rankable
+        configs = [c for d in datasets for c in d.configs]
+        self.inactive = [list(rule) for rule in inactive_rules(configs, corpus.space)]
         x, labels, groups = self._training_rows(datasets)
         all_columns = self.encoder.columns + self.dataset_features
         keep = self._filter(datasets, x, all_columns)
@@ -127,6 +132,11 @@ class Ranker:
         return keep
 
     # --- scoring -------------------------------------------------------------------------
+
+    @property
+    def conditional(self) -> set[str]:
+        """Parameters some configuration of the corpus did not use."""
+        return {rule[2] for rule in self.inactive}
 
     def raw_scores(
         self, configs: Sequence[Mapping[str, Any]], features: Mapping[str, float]

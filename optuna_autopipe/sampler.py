@@ -44,6 +44,7 @@ workers do not duplicate work. Every trial's user attrs (also visible to the obj
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -57,22 +58,25 @@ import optuna
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution, distribution_to_json
 from optuna.samplers import BaseSampler, RandomSampler
-from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from optuna_autopipe._storage_attrs import set_trial_user_attrs
+from optuna_autopipe._storage_attrs import set_trial_user_attrs, wrapper_fixed_params
 from optuna_autopipe.acquisition import Schedule, best_first, offset, ucb
 from optuna_autopipe.calibration import PriorWeight
 from optuna_autopipe.candidates import base_candidates, config_key, perturb, product_size
+from optuna_autopipe.conditional import Rule, deactivate, inactive_rules
 from optuna_autopipe.cut_signal import CutSignal, standardise
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 from optuna_autopipe.early_stop import (
     PRIOR_SCORE_ATTR,
     PROMOTED_FROM_ATTR,
+    PROXY_ATTR,
+    RESIDUAL_ATTR,
     proxy_of,
     stopped_early,
 )
+from optuna_autopipe.failures import FailureRisk, failed_numbers
 from optuna_autopipe.prior import Prior
 from optuna_autopipe.profile import DatasetProfile
 from optuna_autopipe.residual_gp import ResidualGP
@@ -91,8 +95,13 @@ EXPLANATION_ATTRS = (
     "autopipe:offset",
     "autopipe:acquisition",
     "autopipe:phase",
+    "autopipe:failure_risk",
+    "autopipe:failures",
 )
+PHASE_ATTR = "autopipe:phase"
 _OCCUPIED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+#: Trials whose parameters show the study's search space.
+_SHOWN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 @dataclass
@@ -106,6 +115,7 @@ class _Candidates:
     prior_mean: float
     prior_sd: float
     discrete: bool
+    singles: dict[str, Any]
 
 
 class AutoPipeSampler(BaseSampler):
@@ -152,6 +162,13 @@ class AutoPipeSampler(BaseSampler):
             (default): the cut signal when the prior's corpus measured it to rank runs better
             than the proxy out of fold (or when the proxy could not be judged), else the
             proxy. Default: ``"auto"``, or ``"proxy"`` with ``procedure="paper"``.
+        max_failure_risk: candidates whose probability of failing, P(fail | x) learnt from
+            the study's failed trials (``failures.FailureRisk``), exceeds this are not
+            proposed while another is free; 1 turns the model off (a configuration that
+            failed is still never proposed again while others remain).
+
+    Raises ``ValueError`` for an option out of range, and (module docstring, "Search
+    spaces") for a search space the prior cannot score.
     """
 
     def __init__(
@@ -177,6 +194,7 @@ class AutoPipeSampler(BaseSampler):
         noise_floor: float = 0.01,
         early_stop_params: Sequence[str] | None = None,
         early_stop_signal: Literal["auto", "proxy", "cut"] | None = None,
+        max_failure_risk: float = 0.5,
     ) -> None:
         if prior is None and not bo:
             raise ValueError("bo=False takes the prior's top configurations: it needs a prior.")
@@ -194,6 +212,9 @@ class AutoPipeSampler(BaseSampler):
         for name, count in (("max_grid", max_grid), ("n_samples", n_samples)):
             if count < 1:
                 raise ValueError(f"{name} must be >= 1, got {count!r}.")
+        if not 0.0 <= max_failure_risk <= 1.0:
+            raise ValueError(f"max_failure_risk must be in [0, 1], got {max_failure_risk!r}.")
+        self.max_failure_risk = max_failure_risk
         self.prior = prior
         self.features = dict(
             dataset.features if isinstance(dataset, DatasetProfile) else dataset or {}
@@ -237,9 +258,11 @@ class AutoPipeSampler(BaseSampler):
         self._independent = RandomSampler(seed=seed)
         self._warned: set[str] = set()
         self._cache: dict[str, _Candidates] = {}
+        #: Per running trial: what its choice was made with (``after_trial`` re-explains).
+        self._context: dict[int, _Context] = {}
         self._lock = threading.Lock()
         if prior is not None and self.search_space is not None:
-            self._check_prior_space(self.search_space, choices=True)
+            self._check_prior_space(self.search_space)
 
     def _choose_signal(self, choice: str) -> CutSignal | None:
         """The cut signal the observations use (``None``: the proxies)."""
@@ -261,6 +284,7 @@ class AutoPipeSampler(BaseSampler):
         state = self.__dict__.copy()
         del state["_lock"]
         state["_cache"] = {}
+        state["_context"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -278,11 +302,7 @@ class AutoPipeSampler(BaseSampler):
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        space = self.search_space
-        if space is None:
-            space = IntersectionSearchSpace(include_pruned=True).calculate(study)
-        if not space and self.prior is not None:
-            space = self.prior.ranker.encoder.space  # type: ignore[union-attr]
+        space = self.search_space if self.search_space is not None else self._shown_space(study)
         return {name: dist for name, dist in space.items() if not dist.single()}
 
     def sample_relative(
@@ -292,8 +312,10 @@ class AutoPipeSampler(BaseSampler):
             raise ValueError("AutoPipeSampler optimises one objective; this study has several.")
         if not search_space or set(search_space) <= set(trial.system_attrs.get("fixed_params", {})):
             return {}
+        self._check_trials_hold_prior_params(study)
         with self._lock:
-            return self._suggest(study, trial, search_space)
+            config = self._suggest(study, trial, self._candidate_space(study))
+        return {n: config[n] for n in search_space if config.get(n) is not None}
 
     def sample_independent(
         self,
@@ -304,6 +326,9 @@ class AutoPipeSampler(BaseSampler):
     ) -> Any:
         if len(study.directions) != 1:
             raise ValueError("AutoPipeSampler optimises one objective; this study has several.")
+        known = self.prior.ranker.encoder.space if self.prior is not None else {}  # type: ignore[union-attr]
+        if self.search_space is None and param_name in known:
+            return self._suggest_one(study, trial, param_name, param_distribution)
         if param_name not in self._warned:
             self._warned.add(param_name)
             warnings.warn(
@@ -314,16 +339,110 @@ class AutoPipeSampler(BaseSampler):
             )
         return self._independent.sample_independent(study, trial, param_name, param_distribution)
 
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        """Re-explain a trial whose configuration is not the one the sampler chose (a value
+        the study fixed later, a parameter the objective did not use): the claim, s(x), μ, σ
+        and the acquisition then describe the configuration that ran, and a residual proxy
+        is s(x) + r̂ with that s(x)."""
+        context = self._context.pop(trial.number, None)
+        claim = trial.user_attrs.get(CLAIM_ATTR)
+        if context is None or claim is None:
+            return
+        claimed = json.loads(claim)
+        # A failed run may not have reached every suggestion: keep the values it was given.
+        kept = claimed if state == TrialState.FAIL else {}
+        ran = {n: trial.params.get(n, kept.get(n)) for n in claimed}
+        if config_key(ran) == claim:
+            return
+        attrs = context.explain(ran, self._prior_scores([ran], context.base)[0])
+        if RESIDUAL_ATTR in trial.user_attrs:
+            attrs[PROXY_ATTR] = attrs[PRIOR_SCORE_ATTR] + trial.user_attrs[RESIDUAL_ATTR]
+        set_trial_user_attrs(study, trial, attrs)
+
+    # --- the search space ----------------------------------------------------------------
+
+    def _shown_space(self, study: optuna.Study) -> dict[str, BaseDistribution]:
+        """The union of the spaces the study's finished and failed trials show (a parameter
+        suggested with different distributions is left out, like Optuna's intersection)."""
+        space: dict[str, BaseDistribution] = {}
+        conflicting: set[str] = set()
+        for trial in study.get_trials(deepcopy=False, states=_SHOWN):
+            for name, dist in trial.distributions.items():
+                if space.setdefault(name, dist) != dist:
+                    conflicting.add(name)
+        return {n: d for n, d in space.items() if n not in conflicting}
+
+    def _candidate_space(
+        self, study: optuna.Study, overrides: Mapping[str, BaseDistribution] | None = None
+    ) -> dict[str, BaseDistribution]:
+        """The space the sampler chooses in, single-valued parameters included:
+        ``search_space``, or the study's shown space and ``overrides`` plus, when they share
+        a parameter with the prior, the prior's parameters they lack (with the prior's
+        distributions)."""
+        if self.search_space is not None:
+            return {**self.search_space, **(overrides or {})}
+        space = {**self._shown_space(study), **(overrides or {})}
+        known = self.prior.ranker.encoder.space if self.prior is not None else {}  # type: ignore[union-attr]
+        return {**known, **space} if set(known) & set(space) else space
+
+    def _relative_space(self, study: optuna.Study) -> dict[str, BaseDistribution]:
+        """The multi-valued parameters of ``_candidate_space``: what observations hold."""
+        return {n: d for n, d in self._candidate_space(study).items() if not d.single()}
+
+    def _check_trials_hold_prior_params(self, study: optuna.Study) -> None:
+        """Raise when a finished trial lacks a parameter the prior scores and always saw
+        (one its corpus never left out): the objective does not suggest it."""
+        if self.prior is None or self.search_space is not None:
+            return
+        ranker = self.prior.ranker
+        known = set(ranker.encoder.space)  # type: ignore[union-attr]
+        finished = study.get_trials(deepcopy=False, states=_SHOWN[:2])
+        needed = known - ranker.conditional
+        missing = sorted(
+            {n for t in finished if known & set(t.params) for n in needed - set(t.params)}
+        )
+        if missing:
+            raise ValueError(
+                f"The search space lacks parameters the prior scores: {missing}. Add them to "
+                "the objective (or pass search_space= with them), or refit the prior "
+                "(`autopipe fit-prior`) on studies with this search space."
+            )
+
+    def _suggest_one(
+        self, study: optuna.Study, trial: FrozenTrial, name: str, dist: BaseDistribution
+    ) -> Any:
+        """A parameter the prior scores that the study has not shown with this distribution
+        (the first trials, a changed range): checked against the prior, then chosen with the
+        rest of the configuration, among candidates that agree with what the trial holds."""
+        self._check_prior_space({name: dist}, complete=False)
+        space = self._candidate_space(study, {**trial.distributions, name: dist})
+        with self._lock:
+            value = self._suggest(study, trial, space).get(name)
+        if value is None or not _contains(dist, value):
+            return self._independent.sample_independent(study, trial, name, dist)
+        return value
+
     # --- one suggestion ------------------------------------------------------------------
 
     def _suggest(
-        self, study: optuna.Study, trial: FrozenTrial, space: dict[str, BaseDistribution]
+        self, study: optuna.Study, trial: FrozenTrial, full_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        """The configuration chosen in ``full_space`` (module docstring; single-valued
+        parameters left out, inactive ones ``None``), among candidates that agree with the
+        values the trial holds or the study fixes for it; writes the explanation attrs."""
         trials = study.get_trials(deepcopy=False)
-        base = self._candidates(space)
+        base = self._candidates(full_space)
+        space = {n: d for n, d in full_space.items() if not d.single()}
         encoder = SpaceEncoder(space)
         rng = np.random.default_rng([self._seed, trial.number])
-        observed = self._observations(trials, space, study.direction)
+        pairs = self._observed(trials, space, study.direction)
+        observed = [o for _, o in pairs]
         configs, keys, x, prior = base.configs, base.keys, base.x, base.prior
         if not base.discrete and observed:
             best = [o.config for o in sorted(observed, key=lambda o: -o.z)[:3]]
@@ -332,24 +451,42 @@ class AutoPipeSampler(BaseSampler):
             keys = keys + [config_key(c) for c in extra]
             x = np.vstack([x, encoder.encode(extra)])
             prior = np.concatenate([prior, self._prior_scores(extra, base)])
+        fixed = self._fixed(study, trial, space)
+        rules = self._rules(trials, space)
+        if fixed or rules:
+            configs = _unique(deactivate([{**c, **fixed} for c in configs], rules))
+            keys = [config_key(c) for c in configs]
+            x = encoder.encode(configs)
+            prior = self._prior_scores(configs, base)
         occupied = self._occupied(trials, trial, space)
-        free = np.array([k not in occupied for k in keys])
+        failed = self._failed(trials, space, rules, done={config_key(o.config) for o in observed})
+        risk = np.zeros(len(configs))
+        if failed and self.max_failure_risk < 1.0:
+            finished = encoder.encode([o.config for o in observed])
+            model = FailureRisk(finished, encoder.encode(list(failed.values())), seed=self._seed)
+            risk = model.predict(x)
+        allowed = np.array([k not in failed for k in keys])
+        free = allowed & np.array([k not in occupied for k in keys])
+        safe = free & (risk <= self.max_failure_risk)
+        free = safe if safe.any() else free
         unseen = free & self._unobserved(trials, trial, configs)
         free = unseen if unseen.any() else free
         exhausted = not free.any()
         if exhausted:
             _logger.warning(
-                "Every candidate configuration has been evaluated or is running; "
-                "AutoPipeSampler proposes the best one again."
+                "Every candidate configuration has been evaluated, is running or failed; "
+                "AutoPipeSampler proposes the best one that did not fail again."
             )
-            free[:] = True
-        t = sum(
-            1 for other in trials if other.number < trial.number and other.state in _OCCUPIED[:3]
-        )
+            free = allowed if allowed.any() else np.ones(len(keys), dtype=bool)
+        # The budget counts this sampler's own trials (not enqueued or other samplers'); the
+        # observations the study held before stand in for warm-start trials.
+        t = sum(1 for o in trials if o.number < trial.number and PHASE_ATTR in o.user_attrs)
+        start = t + sum(1 for other, _ in pairs if PHASE_ATTR not in other.user_attrs)
         lam = self._lambda(t, observed, base)
-        explain: dict[str, float | str] = {
+        explain: dict[str, Any] = {
             "autopipe:lambda": lam,
             "autopipe:kappa": self.schedule.kappa(t),
+            "autopipe:failures": len(failed),
         }
         weights = {"lam": lam, "kappa": float(explain["autopipe:kappa"])}
         pool = np.flatnonzero(free)
@@ -358,15 +495,15 @@ class AutoPipeSampler(BaseSampler):
         gp: ResidualGP | None = None
         if not self.bo:
             upper, phase = prior[pool], "prior-order"
-        elif t < self.n_startup:
+        elif start < self.n_startup:
             tried = [o.config for o in observed] + [
-                {n: other.params[n] for n in space}
+                {n: other.params.get(n) for n in space}
                 for other in trials
                 if other.state == TrialState.RUNNING
                 and other.number != trial.number
-                and set(space) <= set(other.params)
+                and set(space) & set(other.params)
             ]
-            diverse = self._warm_start(t, prior, x, free, encoder.encode(tried), rng)
+            diverse = self._warm_start(start, prior, x, free, encoder.encode(tried), rng)
             upper, phase = diverse[pool], "warm-start"
         else:
             if observed:
@@ -377,6 +514,9 @@ class AutoPipeSampler(BaseSampler):
             upper = ucb(prior=prior[pool], mean=mean, std=std, bias=bias, **weights)
             phase = "bo"
         score = upper.copy()
+        self._context[trial.number] = _Context(
+            base=base, encoder=encoder, gp=gp, bias=bias, weights=weights, phase=phase
+        )
 
         def exact(positions: np.ndarray) -> np.ndarray:
             """UCB at ``positions`` of ``pool`` with the exact σ (σ stored for the attrs)."""
@@ -402,7 +542,8 @@ class AutoPipeSampler(BaseSampler):
                     "autopipe:gp_std": float(std[position]),
                     "autopipe:offset": bias,
                     "autopipe:acquisition": float(score[position]),
-                    "autopipe:phase": phase,
+                    PHASE_ATTR: phase,
+                    "autopipe:failure_risk": float(risk[index]),
                     CLAIM_ATTR: keys[index],
                 }
             )
@@ -417,15 +558,80 @@ class AutoPipeSampler(BaseSampler):
         )
         return dict(configs[first])
 
-    def _candidates(self, space: dict[str, BaseDistribution]) -> _Candidates:
-        """The base candidates of ``space``, built once per space."""
-        signature = repr(sorted((n, distribution_to_json(d)) for n, d in space.items()))
+    def _fixed(
+        self, study: optuna.Study, trial: FrozenTrial, space: Mapping[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        """Values of ``space`` the trial already holds or the study fixes for it: enqueued
+        (``study.enqueue_trial``, also partial), fixed by a ``PartialFixedSampler``, or
+        suggested before the sampler was asked (those inside their distribution only, as
+        Optuna uses them)."""
+        fixed = {
+            **trial.system_attrs.get("fixed_params", {}),
+            **wrapper_fixed_params(study),
+            **trial.params,
+        }
+        return {n: v for n, v in fixed.items() if n in space and _contains(space[n], v)}
+
+    def _rules(
+        self, trials: Sequence[FrozenTrial], space: Mapping[str, BaseDistribution]
+    ) -> list[Rule]:
+        """The conditional structure (``conditional.py``) the study's finished trials show,
+        plus the prior corpus' rules that no finished trial contradicts."""
+        finished = [t.params for t in trials if t.state in _SHOWN[:2]]
+        rules = inactive_rules(finished, space)
+        if self.prior is not None:
+            for name, value, other in self.prior.ranker.inactive:
+                contradicted = any(
+                    p.get(name) == value and p.get(other) is not None for p in finished
+                )
+                if name in space and other in space and not contradicted:
+                    rules.append((name, value, other))
+        return rules
+
+    def _failed(
+        self,
+        trials: Sequence[FrozenTrial],
+        space: Mapping[str, BaseDistribution],
+        rules: Sequence[Rule],
+        *,
+        done: set[str],
+    ) -> dict[str, dict[str, Any]]:
+        """Failed configurations (``failures.failed_numbers``) by key, those ``done`` (ran to
+        an outcome in another trial) left out: as the sampler claimed them, else as the trial
+        held them."""
+        numbers = failed_numbers(trials)
+        failed = {}
+        for trial in trials:
+            if trial.number not in numbers:
+                continue
+            claimed = json.loads(trial.user_attrs.get(CLAIM_ATTR, "{}"))
+            config = {n: trial.params.get(n, claimed.get(n)) for n in space}
+            if any(v is not None for v in config.values()):
+                config = deactivate([config], rules)[0]
+                failed.setdefault(config_key(config), config)
+        return {k: c for k, c in failed.items() if k not in done}
+
+    def _candidates(self, full_space: dict[str, BaseDistribution]) -> _Candidates:
+        """The base candidates of ``full_space``'s multi-valued parameters, built once per
+        space; single-valued ones are held apart and added when the prior scores."""
+        signature = repr(sorted((n, distribution_to_json(d)) for n, d in full_space.items()))
         if signature not in self._cache:
+            space = {n: d for n, d in full_space.items() if not d.single()}
+            singles = {
+                n: d.to_external_repr(d.to_internal_repr(_only_value(d)))
+                for n, d in full_space.items()
+                if d.single()
+            }
             configs = base_candidates(
                 space, max_grid=self.max_grid, n_samples=self.n_samples, seed=self._seed % 2**31
             )
             discrete = product_size(space, self.max_grid) is not None
-            raw = self._raw_prior(configs, space)
+            usable = self.prior is not None and self._check_prior_space(full_space)
+            raw = (
+                self.prior.ranker.raw_scores([{**singles, **c} for c in configs], self.features)  # type: ignore[union-attr]
+                if usable
+                else np.zeros(len(configs))
+            )
             sd = float(raw.std()) or 1.0
             self._cache[signature] = _Candidates(
                 configs=configs,
@@ -435,26 +641,20 @@ class AutoPipeSampler(BaseSampler):
                 prior_mean=float(raw.mean()),
                 prior_sd=sd,
                 discrete=discrete,
+                singles=singles,
             )
         return self._cache[signature]
 
-    def _raw_prior(
-        self, configs: Sequence[Mapping[str, Any]], space: Mapping[str, Any]
-    ) -> np.ndarray:
-        """The prior's raw scores (zeros without a usable prior)."""
-        if self.prior is None or not self._check_prior_space(space):
-            return np.zeros(len(configs))
-        return self.prior.ranker.raw_scores(self._with_singles(configs), self.features)
-
     def _check_prior_space(
-        self, space: Mapping[str, BaseDistribution], *, choices: bool = False
+        self, space: Mapping[str, BaseDistribution], *, complete: bool = True
     ) -> bool:
         """Whether the prior scores ``space`` (``False``, with one warning, when they share no
-        parameter). Raises when ``space`` lacks parameters the prior scores and, with
-        ``choices``, when a categorical choice is one the prior never saw."""
-        encoder = self.prior.ranker.encoder  # type: ignore[union-attr]
-        known = set(encoder.space)
-        if not known & set(space):
+        parameter). Raises when a parameter's distribution is of another kind than the
+        prior's or has a categorical choice the prior never saw, and, when ``complete``,
+        when ``space`` lacks parameters the prior scores and its corpus always held."""
+        ranker = self.prior.ranker  # type: ignore[union-attr]
+        known = ranker.encoder.space
+        if not set(known) & set(space):
             if "<prior>" not in self._warned:
                 self._warned.add("<prior>")
                 warnings.warn(
@@ -463,45 +663,43 @@ class AutoPipeSampler(BaseSampler):
                     stacklevel=4,
                 )
             return False
-        missing = sorted(known - set(space) - set(self._singles))
-        if missing:
+        missing = sorted(set(known) - set(space) - ranker.conditional)
+        if complete and missing:
             raise ValueError(
                 f"The search space lacks parameters the prior scores: {missing}. Add them to "
                 "the objective (or pass search_space= with them), or refit the prior "
                 "(`autopipe fit-prior`) on studies with this search space."
             )
         for name, dist in space.items():
-            if choices and name in known and isinstance(dist, CategoricalDistribution):
-                encoder.encode([{name: choice} for choice in dist.choices])  # raises, naming it
+            if name not in known:
+                continue
+            if _is_label(dist) != _is_label(known[name]):
+                raise ValueError(
+                    f"Parameter {name!r} is {dist!r} in this study but {known[name]!r} in the "
+                    "prior's corpus. Suggest it as the prior's corpus did (or pass "
+                    "search_space= with that distribution), or refit the prior "
+                    "(`autopipe fit-prior`) on studies with this search space."
+                )
+            if isinstance(dist, CategoricalDistribution):
+                ranker.encoder.encode([{name: choice} for choice in dist.choices])  # raises
         return True
 
-    @property
-    def _singles(self) -> dict[str, Any]:
-        """Single-valued parameters of ``search_space`` (left out of the relative space)."""
-        return {
-            name: dist.to_external_repr(dist.to_internal_repr(_only_value(dist)))
-            for name, dist in (self.search_space or {}).items()
-            if dist.single()
-        }
-
-    def _with_singles(self, configs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        singles = self._singles
-        return [{**singles, **c} for c in configs] if singles else list(configs)
-
     def _prior_scores(self, configs: Sequence[Mapping[str, Any]], base: _Candidates) -> np.ndarray:
-        """s(x) of extra configurations, standardised with the base candidates' statistics."""
+        """s(x) of any configurations, standardised with the base candidates' statistics."""
         if self.prior is None or not base.prior.any():
             return np.zeros(len(configs))
-        return (
-            self.prior.ranker.raw_scores(self._with_singles(configs), self.features)
-            - base.prior_mean
-        ) / base.prior_sd
+        singles = base.singles
+        raw = self.prior.ranker.raw_scores([{**singles, **c} for c in configs], self.features)
+        return (raw - base.prior_mean) / base.prior_sd
 
     def _observation(self, trial: FrozenTrial, space: Mapping[str, Any]) -> _Observation | None:
-        """What a finished trial says, ``None`` when it says nothing usable."""
-        if not set(space) <= set(trial.params):
+        """What a finished trial says, ``None`` when it says nothing usable. A trial counts
+        on the parameters of ``space`` it holds (the others inactive: ``None``); an
+        early-stopped trial without a proxy counts with the cut signal (z set by
+        ``_observed``)."""
+        if not set(space) & set(trial.params):
             return None
-        config = {n: trial.params[n] for n in space}
+        config = {n: trial.params.get(n) for n in space}
         attrs = trial.user_attrs
         full = float(attrs.get("fidelity", 1.0)) >= 1.0
         if trial.state == TrialState.COMPLETE and full:
@@ -512,6 +710,8 @@ class AutoPipeSampler(BaseSampler):
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             return None
         proxy = proxy_of(trial)
+        if proxy is None and self._signal is not None and stopped_early(trial):
+            proxy = (math.nan, self._signal.variance)  # the cut signal needs only the dynamics
         if proxy is None:
             return None
         return _Observation(config=config, z=proxy[0], variance=proxy[1], full=False)
@@ -529,7 +729,8 @@ class AutoPipeSampler(BaseSampler):
         standardised over the study's full-fidelity values (variance ``full_noise``); an
         early-stopped trial's proxy with its variance, or with the cut signal β·ĉ with
         variance v, ĉ its cut feature standardised over the study's early-stopped trials
-        (proxies for all when any of them lacks the feature)."""
+        (proxies for all when any of them lacks the feature; an early-stopped trial without
+        a proxy then says nothing)."""
         pairs = [(t, o) for t in trials if (o := self._observation(t, space)) is not None]
         sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
         values = np.array([sign * o.z for _, o in pairs if o.full])
@@ -544,7 +745,7 @@ class AutoPipeSampler(BaseSampler):
                     observed[i] = replace(
                         observed[i], z=self._signal.slope * c, variance=self._signal.variance
                     )
-        return [(t, o) for (t, _), o in zip(pairs, observed, strict=True)]
+        return [(t, o) for (t, _), o in zip(pairs, observed, strict=True) if math.isfinite(o.z)]
 
     def _best_cut(
         self, trials: Sequence[FrozenTrial], space: Mapping[str, Any]
@@ -557,7 +758,7 @@ class AutoPipeSampler(BaseSampler):
         cuts = [self._cut_value(t) for t in seen]
         if not np.isfinite(cuts).all():
             return None
-        return {n: seen[int(np.argmax(cuts))].params[n] for n in space}
+        return {n: seen[int(np.argmax(cuts))].params.get(n) for n in space}
 
     def _cut_value(self, trial: FrozenTrial) -> float:
         """The oriented cut feature of a trial's recorded dynamics (NaN without)."""
@@ -663,8 +864,8 @@ class AutoPipeSampler(BaseSampler):
             if other.number == current.number or other.state not in _OCCUPIED:
                 continue
             params = {**other.system_attrs.get("fixed_params", {}), **other.params}
-            if set(space) <= set(params):
-                keys.add(config_key({n: params[n] for n in space}))
+            if set(space) & set(params):
+                keys.add(config_key({n: params.get(n) for n in space}))
             if other.state == TrialState.RUNNING and CLAIM_ATTR in other.user_attrs:
                 keys.add(other.user_attrs[CLAIM_ATTR])
         return keys
@@ -697,12 +898,17 @@ class AutoPipeSampler(BaseSampler):
         GP's posterior
         mean at that point, which shrinks a noisy observation towards the prior and its
         neighbours (no exploration bonus here). The README compares both on the replays
-        (bench methods ``autopipe`` and ``autopipe-belief-rec``).
+        (bench methods ``autopipe`` and ``autopipe-belief-rec``). Parameters the
+        configuration does not use (conditional spaces) are left out.
         """
         if rule not in ("belief", "proxy"):
             raise ValueError(f"rule must be 'belief' or 'proxy', got {rule!r}.")
+        config = self._recommend(study, rule)
+        return {n: v for n, v in config.items() if v is not None}
+
+    def _recommend(self, study: optuna.Study, rule: str) -> dict[str, Any]:
         trials = study.get_trials(deepcopy=False)
-        space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
+        space = self._relative_space(study)
         observed = self._observations(trials, space, study.direction) if space else []
         full = [o for o in observed if o.full]
         verified = any(
@@ -722,7 +928,7 @@ class AutoPipeSampler(BaseSampler):
         configs = [o.config for o in observed]
         if rule == "proxy":
             return dict(configs[int(np.argmax([o.z for o in observed]))])
-        base = self._candidates(space)
+        base = self._candidates(self._candidate_space(study))
         prior = self._prior_scores(configs, base)
         encoder = SpaceEncoder(space)
         lam = self._lambda(self.budget, observed, base)
@@ -740,7 +946,7 @@ class AutoPipeSampler(BaseSampler):
         configurations the study already ran at full fidelity: what
         ``promotion.promote_best`` promotes."""
         trials = study.get_trials(deepcopy=False)
-        space = self.infer_relative_search_space(study, trials[-1]) if trials else {}
+        space = self._relative_space(study)
         if not space:
             return []
         observed = self._observed(trials, space, study.direction)
@@ -767,6 +973,67 @@ class _Observation:
     full: bool
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What a trial's choice was made with, to explain another configuration of it."""
+
+    base: _Candidates
+    encoder: SpaceEncoder
+    gp: ResidualGP | None
+    bias: float
+    weights: dict[str, float]
+    phase: str
+
+    def explain(self, config: dict[str, Any], prior_score: float) -> dict[str, Any]:
+        """The explanation attrs of ``config`` (s(x) given), the acquisition as the choice
+        computed it (``None`` outside BO: the warm start's diversity score is relative)."""
+        mean = std = 0.0
+        acquisition = None
+        if self.gp is not None:
+            mean_, std_ = self.gp.predict(self.encoder.encode([config]))
+            mean, std = float(mean_[0]), float(std_[0])
+        if self.phase == "bo":
+            acquisition = float(
+                ucb(
+                    prior=np.array([prior_score]),
+                    mean=np.array([mean]),
+                    std=np.array([std if self.gp is not None else 1.0]),
+                    bias=self.bias,
+                    **self.weights,
+                )[0]
+            )
+        return {
+            CLAIM_ATTR: config_key(config),
+            PRIOR_SCORE_ATTR: float(prior_score),
+            "autopipe:gp_mean": mean,
+            "autopipe:gp_std": std,
+            "autopipe:acquisition": acquisition,
+            PHASE_ATTR: f"{self.phase}, then fixed by the study",
+        }
+
+
 def _only_value(dist: BaseDistribution) -> Any:
     """The value of a single-valued distribution."""
     return dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low  # type: ignore[attr-defined]
+
+
+def _contains(dist: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is one of ``dist``'s values (bounds and choices; steps not checked)."""
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    return isinstance(value, int | float) and dist.low <= value <= dist.high  # type: ignore[attr-defined]
+
+
+def _is_label(dist: BaseDistribution) -> bool:
+    """Whether ``dist`` is a categorical of labels (one-hot encoded), not of numbers."""
+    return isinstance(dist, CategoricalDistribution) and not all(
+        isinstance(c, int | float) and not isinstance(c, bool) for c in dist.choices
+    )
+
+
+def _unique(configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``configs`` without repeats (``config_key``), in order."""
+    seen: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        seen.setdefault(config_key(config), config)
+    return list(seen.values())

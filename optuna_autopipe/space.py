@@ -81,7 +81,8 @@ class SpaceEncoder:
     def encode(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Encode configurations, shape ``(len(configs), len(columns))``.
 
-        A parameter missing from a configuration encodes as NaN (numeric) or all zeros.
+        A parameter missing from a configuration, or ``None`` there (inactive in a conditional
+        space, ``conditional.py``), encodes as NaN (numeric) or all zeros (one-hot).
         """
         rows = np.zeros((len(configs), len(self.columns)))
         for i, config in enumerate(configs):
@@ -92,7 +93,7 @@ class SpaceEncoder:
                     j += 1
                     continue
                 choices = self._onehot[name]
-                if name in config:
+                if config.get(name) is not None:
                     if config[name] not in choices:
                         raise ValueError(
                             f"Parameter {name!r} has value {config[name]!r}, which the encoding "

@@ -585,10 +585,10 @@ def test_early_stopped_trials_are_observations_and_nan_or_failed_ones_are_not(pr
     last = study.trials[6].user_attrs
     assert last["autopipe:phase"] == "bo"
     assert last["autopipe:offset"] == pytest.approx(3.2 / 7)
-    # the pruned trials count as trials done (t = 5 for trial 6), the FAIL does not
-    assert last["autopipe:lambda"] == pytest.approx(sampler.schedule.lam(5))
-    held = [_key(t) for t in study.trials if t.state != TrialState.FAIL]  # a FAIL frees its
-    assert len(set(held)) == len(held) == 6  # configuration again
+    # every trial the sampler chose counts as done, the FAIL too (t = 6 for trial 6)
+    assert last["autopipe:lambda"] == pytest.approx(sampler.schedule.lam(6))
+    held = [_key(t) for t in study.trials]  # a FAIL's configuration is not proposed again
+    assert len(set(held)) == len(held) == 7
 
 
 def test_without_a_prior_the_gp_models_the_proxies_themselves():
@@ -635,8 +635,14 @@ def test_the_early_stop_hook_turns_the_sampler_prior_score_into_a_proxy_the_gp_u
     prior = fit_prior(corpus, grid=[TreeParams(n_estimators=20)], n_models=1)
     assert prior.regressor is not None and prior.regressor.target == "residual"
     features = {"size": 1.5}
-    sampler = AutoPipeSampler(
-        prior, features, seed=0, n_samples=256, n_startup=3, early_stop_signal="proxy"
+    sampler = AutoPipeSampler(  # λ = 1 on the schedule: the targets are z − s(x)
+        prior,
+        features,
+        seed=0,
+        n_samples=256,
+        n_startup=3,
+        early_stop_signal="proxy",
+        prior_weight="schedule",
     )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     rng = np.random.default_rng(9)
@@ -827,10 +833,10 @@ def test_nan_objective_values_fail_and_do_not_break_the_next_suggestions(prior):
     assert [i for i, s in enumerate(states) if s == TrialState.FAIL] == [1, 3]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4 and len({_key(t) for t in complete}) == 4
-    # failed trials do not count as trials done: trial 3 is the first in BO (t = 2)
-    assert study.trials[2].user_attrs["autopipe:phase"] == "warm-start"
-    assert study.trials[5].user_attrs["autopipe:lambda"] == sampler.schedule.lam(3)
-    for trial in study.trials[3:]:
+    # failed trials count as trials done: trial 2 is the first in BO (t = 2)
+    assert study.trials[1].user_attrs["autopipe:phase"] == "warm-start"
+    assert study.trials[5].user_attrs["autopipe:lambda"] == sampler.schedule.lam(5)
+    for trial in study.trials[2:]:
         assert trial.user_attrs["autopipe:phase"] == "bo"
         values = [trial.user_attrs[name] for name in EXPLAIN[:7]]
         assert np.isfinite(values).all()
