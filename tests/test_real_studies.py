@@ -12,13 +12,13 @@ import math
 import numpy as np
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from optuna_autopipe.candidates import config_key
 from optuna_autopipe.corpus import Corpus, DatasetRuns
-from optuna_autopipe.early_stop import PRIOR_SCORE_ATTR, PROXY_ATTR, RESIDUAL_ATTR
+from optuna_autopipe.early_stop import PRIOR_SCORE_ATTR
 from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.prior import Prior, fit_prior
 from optuna_autopipe.sampler import CLAIM_ATTR, AutoPipeSampler
@@ -217,7 +217,9 @@ GRID = [dict(zip(FULL, v, strict=True)) for v in itertools.product(OPT, LAYERS, 
 def _standardised_prior_scores(prior: Prior) -> dict[str, float]:
     """s(x) over the grid, as the sampler standardises it (over its discrete candidates)."""
     raw = prior.ranker.raw_scores(GRID, FEATURES)
-    return {config_key(c): float(v) for c, v in zip(GRID, (raw - raw.mean()) / raw.std())}
+    return {
+        config_key(c): float(v) for c, v in zip(GRID, (raw - raw.mean()) / raw.std(), strict=True)
+    }
 
 
 def _suggest_full(trial) -> dict:
@@ -288,7 +290,9 @@ def test_a_categorical_choice_the_prior_never_saw_fails_the_first_trial_clearly(
         trial.suggest_categorical("opt", ["adam", "adamw"])
         return 0.0
 
-    with pytest.raises(ValueError, match=r"'opt' has value 'adamw'.*known choices: \['adam', 'sgd'\]"):
+    with pytest.raises(
+        ValueError, match=r"'opt' has value 'adamw'.*known choices: \['adam', 'sgd'\]"
+    ):
         study.optimize(objective, n_trials=1)
     assert study.trials[0].state == TrialState.FAIL and "opt" not in study.trials[0].params
 
@@ -303,9 +307,7 @@ def test_a_label_parameter_suggested_as_a_number_fails_clearly(prior):
 
 
 def test_the_budget_counts_the_samplers_own_trials(prior):
-    study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
-    )
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: float(_suggest_full(t)["bs"]), n_trials=5)
     sampler = AutoPipeSampler(prior, FEATURES, seed=0, budget=10)
     study.sampler = sampler
