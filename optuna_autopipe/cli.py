@@ -5,7 +5,8 @@
     autopipe demo [--out DIR] [--budget N]
     autopipe corpus generate --out DIR [--runs N] [--workers K] [--datasets A,B]
     autopipe corpus report --out DIR [--seed-spread DATASET]
-    autopipe fit-prior (--storage URL --studies A,B,... | --benchmark NAME) --out DIR
+    autopipe fit-prior (--storage URL --studies A,B,... | --benchmark NAME) --out DIR \
+        [--fractions 0.25,0.5,0.75]
     autopipe prior-report --benchmark {nmt,lcbench} --out DIR
     autopipe data download --benchmark {nmt,lcbench} --data-dir DIR
     autopipe worker --storage URL --study NAME --objective MODULE:CALLABLE [--prior DIR] \
@@ -88,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--data-dir", default=None)
     fit.add_argument("--pool-size", type=_positive, default=2000, help="LCBench runs per task")
     fit.add_argument("--no-tune", action="store_true", help="skip the grid search")
+    fit.add_argument(
+        "--fractions",
+        type=_fractions,
+        default=None,
+        help="early-stop points to fit a regressor for, comma-separated, where the corpus "
+        "supports them ('' for none; default 0.25,0.5,0.75); the default regressor is the "
+        "one at 0.5, else the nearest fitted",
+    )
 
     report = commands.add_parser(
         "prior-report", help="leave-one-dataset-out ranking metrics of the prior"
@@ -216,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fit_prior(args: argparse.Namespace) -> int:
     from objectives.registry import load_benchmark
     from optuna_autopipe.corpus import Corpus
-    from optuna_autopipe.prior import DEFAULT_GRID, fit_prior
+    from optuna_autopipe.prior import DEFAULT_FRACTIONS, DEFAULT_GRID, fit_prior
 
     if args.benchmark:
         benchmark = load_benchmark(args.benchmark, data_dir=args.data_dir, pool_size=args.pool_size)
@@ -225,7 +234,11 @@ def _fit_prior(args: argparse.Namespace) -> int:
         raise ValueError("--storage needs --studies: the past studies, one per dataset.")
     else:
         corpus = Corpus.from_studies(args.storage, args.studies)
-    prior = fit_prior(corpus, grid=DEFAULT_GRID[:1] if args.no_tune else DEFAULT_GRID)
+    prior = fit_prior(
+        corpus,
+        grid=DEFAULT_GRID[:1] if args.no_tune else DEFAULT_GRID,
+        fractions=DEFAULT_FRACTIONS if args.fractions is None else args.fractions,
+    )
     prior.save(args.out)
     print(f"prior fitted on {len(corpus.datasets)} datasets, {prior.record['chosen']}")
     print(
@@ -236,12 +249,21 @@ def _fit_prior(args: argparse.Namespace) -> int:
     print(
         "early-stop regressor: "
         + (
-            "none (no run carries training dynamics)"
+            "none (no run carries training dynamics before a cut)"
             if regressor is None
             else f"fitted; proxy {regressor['proxy_judgement']}; early_stop_signal='auto' "
             f"uses the {regressor['auto_signal']}"
         )
     )
+    if prior.regressor is not None:
+        served = ", ".join(f"{f:.0%}" for f in prior.fractions)
+        print(
+            f"early-stop regressors at {served} (default {prior.regressor.fraction:.0%}); "
+            "pass prior.regressor_for(fraction) to AutoPipeEarlyStop"
+        )
+    for fraction, why in prior.record["regressors"].items():
+        if isinstance(why, str):
+            print(f"  {float(fraction):.0%}: {why}")
     print(f"saved to {args.out}")
     return 0
 

@@ -22,7 +22,12 @@ What lands on the trial (user attrs, so any storage and optuna-dashboard show th
   negated in a maximised study (e.g. accuracy after the pipeline), and any other metric is
   reported negated in a minimised one;
 - ``autopipe:dynamics``: the ``TrainingDynamics`` JSON (every metric, compact);
-- ``fidelity``: the share of the planned training done, and ``autopipe:stop_step``;
+- ``fidelity``: 1 for a run that returned normally, even one that logged fewer steps than
+  ``total_steps`` (it converged, or the trainer's own ``EarlyStoppingCallback`` ended it: the
+  hook did not stop it, so its result is final), unless ``finish(fidelity=...)`` says
+  otherwise; after the hook's early stop or a pruner, the share of the planned training done;
+- after an early stop, ``autopipe:stop_step`` and ``autopipe:fraction`` (the hook's fraction,
+  which says which of a prior's regressors, ``Prior.regressor_for``, applies to the trial);
 - after an early stop with a ``regressor``: ``autopipe:proxy`` and ``autopipe:proxy_variance``
   (and ``autopipe:residual`` for a residual regressor; its proxy is s(x) + r̂, where s(x) is
   the trial's ``autopipe:prior_score`` attr written by ``AutoPipeSampler``; without it only
@@ -30,10 +35,12 @@ What lands on the trial (user attrs, so any storage and optuna-dashboard show th
 
 Fidelity is explicit: ``finish()`` raises ``optuna.TrialPruned`` after an early stop, so the
 trial ends PRUNED. No sampler takes a PRUNED trial for a full-fidelity result, ``Corpus``
-skips it, and its proxy is only in user attrs. A completed run (or ``fraction=1``) returns
-normally. To promote a stopped configuration, ``promote(study, trial)`` enqueues it at full
-fidelity with the checkpoint to resume from (``resume_checkpoint(trial)`` gives it back, and
-the new trial's dynamics continue the old ones), or a fresh run when there is none.
+skips it, and its proxy is only in user attrs. A run the hook did not stop (it completed, it
+ended itself earlier, or ``fraction=1``) returns normally, at full fidelity. To promote a
+stopped configuration, ``promote(study, trial)`` enqueues it at full fidelity with the
+checkpoint to resume from (``resume_checkpoint(trial)`` gives it back, and the new trial's
+dynamics continue the old ones), or a fresh run when there is none; ``verify(study, params)``
+does the same for a configuration unless the study already holds its full-fidelity result.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ RESIDUAL_ATTR = "autopipe:residual"
 #: s(x) of the trial's configuration, written by the sampler that proposed it.
 PRIOR_SCORE_ATTR = "autopipe:prior_score"
 STOP_STEP_ATTR = "autopipe:stop_step"
+#: The hook's early-stop fraction, recorded with ``autopipe:stop_step`` after an early stop.
+FRACTION_ATTR = "autopipe:fraction"
 CHECKPOINT_ATTR = "autopipe:checkpoint"
 PROMOTED_FROM_ATTR = "autopipe:promoted_from"
 #: Metrics tried in order when ``primary`` is not given.
@@ -85,11 +94,17 @@ class AutoPipeEarlyStop:
             always runs to full fidelity, so one objective serves both phases.
         primary: metric reported as the trial's intermediate value.
         regressor: turns the dynamics at the stop into a proxy (``EarlyStopRegressor`` with
-            the same ``fraction``); without it only the dynamics are recorded.
+            the same ``fraction``, e.g. ``prior.regressor_for(fraction)``); without it only the
+            dynamics are recorded.
         dataset: the dataset's meta-features (a ``DatasetProfile`` or a mapping), for the
-            regressor.
+            regressor; needed only when the regressor reads dataset features
+            (``regressor.used_dataset_features``), and then it must hold each of them (NaN
+            for one truly unknown).
         max_points: at most this many points per metric are stored (evenly thinned).
         checkpoint: let a trainer save a checkpoint at the stop (for promotion).
+
+    Raises ``ValueError`` for a fraction outside (0, 1], a regressor trained at another
+    fraction, or a ``dataset`` lacking features the regressor reads (naming them).
     """
 
     def __init__(
@@ -109,17 +124,28 @@ class AutoPipeEarlyStop:
         if regressor is not None and not math.isclose(regressor.fraction, fraction):
             raise ValueError(
                 f"The regressor was trained on dynamics cut at {regressor.fraction:g} of "
-                f"training, but the hook stops at {fraction:g}; use the same fraction."
+                f"training, but the hook stops at {fraction:g}; use the same fraction (a "
+                "prior serves several: prior.regressor_for(fraction))."
             )
-        if regressor is not None and dataset is None:
-            raise ValueError("A regressor needs the dataset's features: pass dataset=profile.")
+        self.features = dict(
+            dataset.features if isinstance(dataset, DatasetProfile) else dataset or {}
+        )
+        missing = [
+            f
+            for f in (regressor.used_dataset_features if regressor is not None else [])
+            if f not in self.features
+        ]
+        if missing:
+            raise ValueError(
+                f"The early-stop regressor reads {len(missing)} dataset feature(s) the hook was "
+                f"not given: {missing[:10]}. Pass dataset=DatasetProfile.from_files(...) "
+                "computed the same way as the prior's corpus (or a mapping holding them), with "
+                "NaN for features truly unknown."
+            )
         self.trial = trial
         self.fraction = 1.0 if PROMOTED_FROM_ATTR in trial.user_attrs else fraction
         self.primary = primary
         self.regressor = regressor
-        self.features = dict(
-            dataset.features if isinstance(dataset, DatasetProfile) else dataset or {}
-        )
         self.max_points = max_points
         self.checkpoint = checkpoint
         self.dynamics: TrainingDynamics | None = None
@@ -189,21 +215,27 @@ class AutoPipeEarlyStop:
     def write(self, *, fidelity: float | None = None) -> None:
         """Write the dynamics, fidelity and (after an early stop) the proxy to the trial.
 
-        ``fidelity`` overrides the default ``min(last step, stop step) / total_steps`` (for
-        objectives that know better, e.g. a run that converged before its planned length).
+        The default fidelity: after the hook's early stop or a pruner, the share of the
+        planned training done, ``min(last step, stop step) / total_steps``; otherwise 1, a
+        full result, whatever step the run ended at (a run that converged, or that the
+        trainer's own ``EarlyStoppingCallback`` ended, stopped on its own terms).
+        ``fidelity`` overrides it for objectives that know better (e.g. a run cut short by
+        a budget); 1 or more also cancels an early stop reached on the run's last step.
         """
         if self.dynamics is None:
             return
         if fidelity is not None and fidelity >= 1.0:
             self.stopped_early = False  # reached the stop step on its last step: complete
         trial, dynamics = self.trial, self.dynamics
-        reached = min(dynamics.last_step, self.stop_step or dynamics.total_steps)
+        if fidelity is None:
+            reached = min(dynamics.last_step, self.stop_step or dynamics.total_steps)
+            partial = self.stopped_early or self.pruned
+            fidelity = reached / dynamics.total_steps if partial else 1.0
         trial.set_user_attr(DYNAMICS_ATTR, dynamics.to_json(max_points=self.max_points))
-        trial.set_user_attr(
-            "fidelity", fidelity if fidelity is not None else reached / dynamics.total_steps
-        )
+        trial.set_user_attr("fidelity", fidelity)
         if self.stopped_early:
             trial.set_user_attr(STOP_STEP_ATTR, self.stop_step)
+            trial.set_user_attr(FRACTION_ATTR, self.fraction)
             if self.regressor is not None and not self.pruned:
                 self._write_proxy()
 
@@ -222,7 +254,8 @@ class AutoPipeEarlyStop:
             self.trial.set_user_attr(PROXY_ATTR, float(prior_score) + mean)
 
     def finish(self, *, fidelity: float | None = None) -> None:
-        """``write``, then raise ``optuna.TrialPruned`` if the run stopped before its end."""
+        """``write``, then raise ``optuna.TrialPruned`` after the hook's early stop or a
+        pruner; otherwise return (a full-fidelity result unless ``fidelity`` < 1 says not)."""
         self.write(fidelity=fidelity)
         if self.pruned:
             raise optuna.TrialPruned("pruned by the study's pruner")
@@ -292,18 +325,41 @@ def stopped_early(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.state == optuna.trial.TrialState.PRUNED and STOP_STEP_ATTR in trial.user_attrs
 
 
-def verify(study: optuna.Study, params: Mapping[str, Any]) -> None:
-    """Enqueue ``params`` (e.g. ``sampler.recommend(study)``) for one full-fidelity run.
+def verify(study: optuna.Study, params: Mapping[str, Any]) -> optuna.trial.FrozenTrial | None:
+    """The full-fidelity result of ``params`` (e.g. ``sampler.recommend(study)``), or ``None``
+    after enqueuing one full-fidelity run of it.
 
-    When an early-stopped trial of the same configuration exists, it is promoted (and resumes
-    from its checkpoint); otherwise a fresh full run is enqueued. Either way the new trial
-    carries ``autopipe:promoted_from``, which objectives read as "run at full fidelity".
+    A trial "of ``params``" agrees with every value in ``params``. When the study already
+    holds a full-fidelity result of it (a COMPLETE trial whose ``fidelity`` attr is absent or
+    1, with a finite value), the best such trial is returned and nothing is enqueued: the
+    configuration is verified already. Otherwise, when an early-stopped trial of it exists, it
+    is promoted (and resumes from its checkpoint), else a fresh full run is enqueued; the new
+    trial carries ``autopipe:promoted_from``, which objectives read as "run at full
+    fidelity", and ``None`` is returned (run it with ``study.optimize(objective,
+    n_trials=1)``).
     """
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    done = [
+        (sign * t.value, t)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if _agrees(t, params)
+        and float(t.user_attrs.get("fidelity", 1.0)) >= 1.0
+        and t.value is not None
+        and math.isfinite(t.value)
+    ]
+    if done:
+        return max(done, key=lambda pair: pair[0])[1]
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
-        if stopped_early(trial) and trial.params == dict(params):
+        if stopped_early(trial) and _agrees(trial, params):
             promote(study, trial)
-            return
+            return None
     study.enqueue_trial(dict(params), user_attrs={PROMOTED_FROM_ATTR: None}, skip_if_exists=False)
+    return None
+
+
+def _agrees(trial: optuna.trial.FrozenTrial, params: Mapping[str, Any]) -> bool:
+    """Whether ``trial`` ran with every value of ``params``."""
+    return all(name in trial.params and trial.params[name] == v for name, v in params.items())
 
 
 def resume_checkpoint(trial: optuna.trial.Trial) -> str | None:

@@ -3,10 +3,14 @@
 The most common failure in LLM post-training is running out of memory at the largest batch,
 sequence length or model, and it repeats: the same configuration fails the same way. So
 
-- ``failed_keys``: configurations whose trial FAILed and that never finished in another trial
-  are excluded from the candidates (a failure that ``optuna.storages.RetryFailedTrialCallback``
-  is retrying, a WAITING or RUNNING trial naming it in its ``failed_trial`` system attr,
-  does not count until the retry fails too);
+- ``failed_numbers``: configurations whose trial FAILed and that never finished in another
+  trial are excluded from the candidates while others are free (a failure that
+  ``optuna.storages.RetryFailedTrialCallback`` is retrying, a WAITING or RUNNING trial naming
+  it in its ``failed_trial`` system attr, does not count until the retry fails too). When
+  nothing else is free, a failure whose run never reported (its worker died: Optuna's
+  heartbeat failed it) is retried before a finished configuration runs again, but one whose
+  run itself failed (the sampler's ``after_trial`` saw it end FAIL and marked it
+  ``RUN_FAILED_ATTR``: an exception, out of memory, a NaN value) is not;
 - ``FailureRisk``: the probability that a configuration fails, P(fail | x), a Gaussian
   process classifier (scikit-learn's ``GaussianProcessClassifier``: Laplace approximation,
   RBF kernel with one length scale per encoded column, fitted by marginal likelihood) on the
@@ -28,8 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sklearn.gaussian_process import GaussianProcessClassifier
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel
 
-#: Trial states of a configuration that ran to an outcome.
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: User attr the sampler sets on a trial whose run ended FAIL (not a worker that vanished).
+RUN_FAILED_ATTR = "autopipe:run_failed"
 
 
 def failed_numbers(trials: Iterable[FrozenTrial]) -> set[int]:

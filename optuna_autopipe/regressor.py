@@ -110,6 +110,11 @@ class EarlyStopRegressor:
 
     # --- training ------------------------------------------------------------------------
 
+    def can_fit(self, corpus: Corpus) -> bool:
+        """Whether ``fit`` can train on ``corpus``: some dataset has 2+ runs whose dynamics
+        hold a finite point before the cut at ``fraction``."""
+        return any(len(self._usable(d)) >= 2 for d in corpus.datasets)
+
     def fit(
         self,
         corpus: Corpus,
@@ -216,6 +221,14 @@ class EarlyStopRegressor:
             held = fold == k
             predicted[held] = self._model(self.seed).fit(x[~held], y[~held]).predict(x[held])
         return predicted
+
+    @property
+    def used_dataset_features(self) -> list[str]:
+        """The dataset meta-features the fitted regressor reads: those it was trained with
+        that its column filter kept (none when ``use_dataset_features=False`` or when they
+        did not vary across the corpus's datasets). ``AutoPipeEarlyStop`` needs these."""
+        kept = set(self.kept_columns)
+        return [name for name in self.dataset_features if name in kept]
 
     @property
     def uses_cut(self) -> bool:
@@ -344,13 +357,14 @@ class EarlyStopRegressor:
 
     # --- persistence ---------------------------------------------------------------------
 
-    def save(self, directory: str | Path) -> None:
-        """Write ``regressor.json`` (schema) and ``regressor-<i>.json`` (XGBoost models)."""
-        save_ensemble(directory, "regressor", self)
+    def save(self, directory: str | Path, *, stem: str = "regressor") -> None:
+        """Write ``<stem>.json`` (schema) and ``<stem>-<i>.json`` (XGBoost models)."""
+        save_ensemble(directory, stem, self)
 
     @classmethod
-    def load(cls, directory: str | Path) -> EarlyStopRegressor:
-        return load_ensemble(directory, "regressor", cls, xgb.XGBRegressor)
+    def load(cls, directory: str | Path, *, stem: str = "regressor") -> EarlyStopRegressor:
+        """A regressor written by ``save`` with the same ``stem``."""
+        return load_ensemble(directory, stem, cls, xgb.XGBRegressor)
 
 
 def prior_scores(corpus: Corpus, ranker: Ranker, *, folds: int = 0) -> dict[str, np.ndarray]:

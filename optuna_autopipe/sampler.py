@@ -4,7 +4,11 @@ Each suggestion (paper B.3), for the study's search space:
 
 1. Candidates (``candidates.py``): the whole product of a small discrete space, else a seeded
    Sobol sample plus neighbours of the best configurations so far; configurations already
-   evaluated, running, enqueued or claimed by another worker are excluded.
+   evaluated, running, enqueued or claimed by another worker are excluded, and so are
+   configurations that failed and those the failure model (``failures.py``) expects to
+   fail. Values the study fixes for the trial (enqueued, ``PartialFixedSampler``, already
+   suggested) are set in every candidate, and parameters a branch of a conditional space
+   does not use are set to ``None`` (``conditional.py``).
 2. s(x): the prior's score, standardised over the base candidate set (0 without a prior).
 3. Observations, as z-values oriented so that higher is better: an early-stopped trial gives
    its proxy (``autopipe:proxy``, or s(x) + ``autopipe:residual``) with the regressor's
@@ -30,6 +34,13 @@ Each suggestion (paper B.3), for the study's search space:
    best untried configuration every time. The seed drives every random choice and breaks
    ties, so replicates differ where the method is really uncertain.
 
+The search space is ``search_space=`` when given, else the union of the spaces the study's
+finished and failed trials show, plus the prior's parameters the study has not shown yet: a
+parameter of the prior the objective suggests before the study has shown it (the first
+trial, a changed distribution) is chosen in ``sample_independent``, checked against the
+prior and agreeing with what the trial holds. ``budget`` counts the sampler's own trials
+(failed ones too): a study another sampler started begins the schedule at its start.
+
 After the early-stop phase, ``promotion.py`` promotes the best early-stopped configurations
 to full fidelity (``n_promote``), and ``recommend`` returns the best verified one.
 
@@ -39,7 +50,9 @@ configuration (claimed while running, or evaluated, running or enqueued with it)
 workers do not duplicate work. Every trial's user attrs (also visible to the objective through
 ``trial.user_attrs``) explain the choice: ``autopipe:prior_score`` (s), ``autopipe:gp_mean`` (μ),
 ``autopipe:gp_std`` (σ), ``autopipe:lambda``, ``autopipe:kappa``, ``autopipe:offset`` (b),
-``autopipe:acquisition`` and ``autopipe:phase``.
+``autopipe:acquisition``, ``autopipe:phase``, ``autopipe:failure_risk`` (P(fail | x)) and
+``autopipe:failures`` (failed configurations known). ``after_trial`` rewrites them for the
+configuration that ran when it is not the one chosen.
 """
 
 from __future__ import annotations
@@ -69,6 +82,7 @@ from optuna_autopipe.conditional import Rule, deactivate, inactive_rules
 from optuna_autopipe.cut_signal import CutSignal, standardise
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 from optuna_autopipe.early_stop import (
+    FRACTION_ATTR,
     PRIOR_SCORE_ATTR,
     PROMOTED_FROM_ATTR,
     PROXY_ATTR,
@@ -76,7 +90,7 @@ from optuna_autopipe.early_stop import (
     proxy_of,
     stopped_early,
 )
-from optuna_autopipe.failures import FailureRisk, failed_numbers
+from optuna_autopipe.failures import RUN_FAILED_ATTR, FailureRisk, failed_numbers
 from optuna_autopipe.prior import Prior
 from optuna_autopipe.profile import DatasetProfile
 from optuna_autopipe.residual_gp import ResidualGP
@@ -250,10 +264,10 @@ class AutoPipeSampler(BaseSampler):
         self.full_noise = full_noise
         self.noise_floor = noise_floor
         self.early_stop_params = None if early_stop_params is None else tuple(early_stop_params)
-        self._signal = self._choose_signal(
+        self._signal_choice = self._check_signal(
             early_stop_signal or ("auto" if procedure == "calibrated" else "proxy")
         )
-        self._cut_values: dict[int, float] = {}
+        self._cut_values: dict[tuple[int, float], float] = {}
         self._seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._independent = RandomSampler(seed=seed)
         self._warned: set[str] = set()
@@ -264,19 +278,37 @@ class AutoPipeSampler(BaseSampler):
         if prior is not None and self.search_space is not None:
             self._check_prior_space(self.search_space)
 
-    def _choose_signal(self, choice: str) -> CutSignal | None:
-        """The cut signal the observations use (``None``: the proxies)."""
+    def _check_signal(self, choice: str) -> str:
+        """``early_stop_signal``, validated against the prior."""
         if choice not in ("auto", "proxy", "cut"):
             raise ValueError(f"early_stop_signal must be 'auto', 'proxy' or 'cut', got {choice!r}.")
-        regressor = self.prior.regressor if self.prior is not None else None
-        if choice == "cut" and (regressor is None or regressor.cut is None):
+        regressors = self.prior.regressors.values() if self.prior is not None else ()
+        if choice == "cut" and not any(r.cut is not None for r in regressors):
             raise ValueError(
                 "early_stop_signal='cut' needs a prior whose early-stop regressor has a cut "
                 "signal: refit the prior on runs with recorded dynamics (autopipe fit-prior)."
             )
-        if choice == "proxy" or regressor is None:
-            return None
-        return regressor.cut if choice == "cut" or regressor.uses_cut else None
+        return choice
+
+    def _signal(self, trials: Sequence[FrozenTrial]) -> tuple[CutSignal | None, float]:
+        """The cut signal the study's observations use (``None``: the proxies) and the
+        early-stop fraction it reads: the fraction most of the study's early stops were cut
+        at (``autopipe:fraction``), else the prior's default regressor's. A fraction the
+        prior serves no regressor for falls back to the proxies, with one warning."""
+        default = self.prior.regressor if self.prior is not None else None
+        if self._signal_choice == "proxy" or default is None:
+            return None, math.nan
+        cut = [t.user_attrs[FRACTION_ATTR] for t in trials if FRACTION_ATTR in t.user_attrs]
+        fraction = max(set(cut), key=cut.count) if cut else default.fraction
+        try:
+            regressor = self.prior.regressor_for(fraction)  # type: ignore[union-attr]
+        except ValueError as exc:
+            if "<fraction>" not in self._warned:
+                self._warned.add("<fraction>")
+                warnings.warn(f"{exc} AutoPipeSampler uses the proxies.", stacklevel=4)
+            return None, fraction
+        use = self._signal_choice == "cut" or regressor.uses_cut
+        return (regressor.cut if use else None), fraction
 
     # --- pickling and reseeding ----------------------------------------------------------
 
@@ -346,10 +378,13 @@ class AutoPipeSampler(BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        """Re-explain a trial whose configuration is not the one the sampler chose (a value
-        the study fixed later, a parameter the objective did not use): the claim, s(x), μ, σ
-        and the acquisition then describe the configuration that ran, and a residual proxy
-        is s(x) + r̂ with that s(x)."""
+        """Mark a run that failed (``failures.RUN_FAILED_ATTR``), and re-explain a trial whose
+        configuration is not the one the sampler chose (a value the study fixed later, a
+        parameter the objective did not use): the claim, s(x), μ, σ and the acquisition
+        then describe the configuration that ran, and a residual proxy is s(x) + r̂ with
+        that s(x)."""
+        if state == TrialState.FAIL:
+            set_trial_user_attrs(study, trial, {RUN_FAILED_ATTR: True})
         context = self._context.pop(trial.number, None)
         claim = trial.user_attrs.get(CLAIM_ATTR)
         if context is None or claim is None:
@@ -418,12 +453,18 @@ class AutoPipeSampler(BaseSampler):
         self, study: optuna.Study, trial: FrozenTrial, name: str, dist: BaseDistribution
     ) -> Any:
         """A parameter the prior scores that the study has not shown with this distribution
-        (the first trials, a changed range): checked against the prior, then chosen with the
-        rest of the configuration, among candidates that agree with what the trial holds."""
+        (the first trials, a changed range): checked against the prior, then taken from the
+        trial's choice so far when that agrees with what the trial holds and fits ``dist``,
+        else chosen anew with the rest of the configuration among candidates that agree."""
         self._check_prior_space({name: dist}, complete=False)
         space = self._candidate_space(study, {**trial.distributions, name: dist})
         with self._lock:
-            value = self._suggest(study, trial, space).get(name)
+            context = self._context.get(trial.number)
+            config = context.config if context is not None else {}
+            agrees = all(config.get(n, v) == v for n, v in trial.params.items())
+            if not (agrees and name in config and _contains(dist, config[name])):
+                config = self._suggest(study, trial, space)
+            value = config.get(name)
         if value is None or not _contains(dist, value):
             return self._independent.sample_independent(study, trial, name, dist)
         return value
@@ -459,25 +500,29 @@ class AutoPipeSampler(BaseSampler):
             x = encoder.encode(configs)
             prior = self._prior_scores(configs, base)
         occupied = self._occupied(trials, trial, space)
-        failed = self._failed(trials, space, rules, done={config_key(o.config) for o in observed})
+        failed, ran = self._failed(
+            trials, space, rules, done={config_key(o.config) for o in observed}
+        )
         risk = np.zeros(len(configs))
         if failed and self.max_failure_risk < 1.0:
             finished = encoder.encode([o.config for o in observed])
             model = FailureRisk(finished, encoder.encode(list(failed.values())), seed=self._seed)
             risk = model.predict(x)
-        allowed = np.array([k not in failed for k in keys])
-        free = allowed & np.array([k not in occupied for k in keys])
+        free = np.array([k not in failed and k not in occupied for k in keys])
         safe = free & (risk <= self.max_failure_risk)
         free = safe if safe.any() else free
         unseen = free & self._unobserved(trials, trial, configs)
         free = unseen if unseen.any() else free
         exhausted = not free.any()
-        if exhausted:
+        if exhausted:  # a failure whose run never reported (a dead worker) is retried first
+            retry = np.array([k not in occupied and k not in ran for k in keys])
+            again = np.array([k not in ran for k in keys])
+            free = next(m for m in (retry, again, np.ones(len(keys), dtype=bool)) if m.any())
             _logger.warning(
                 "Every candidate configuration has been evaluated, is running or failed; "
-                "AutoPipeSampler proposes the best one that did not fail again."
+                "AutoPipeSampler %s.",
+                "retries a failed one" if retry.any() else "proposes the best one again",
             )
-            free = allowed if allowed.any() else np.ones(len(keys), dtype=bool)
         # The budget counts this sampler's own trials (not enqueued or other samplers'); the
         # observations the study held before stand in for warm-start trials.
         t = sum(1 for o in trials if o.number < trial.number and PHASE_ATTR in o.user_attrs)
@@ -514,9 +559,19 @@ class AutoPipeSampler(BaseSampler):
             upper = ucb(prior=prior[pool], mean=mean, std=std, bias=bias, **weights)
             phase = "bo"
         score = upper.copy()
-        self._context[trial.number] = _Context(
-            base=base, encoder=encoder, gp=gp, bias=bias, weights=weights, phase=phase
-        )
+
+        def chosen(index: int) -> dict[str, Any]:
+            config = dict(configs[index])
+            self._context[trial.number] = _Context(
+                config=config,
+                base=base,
+                encoder=encoder,
+                gp=gp,
+                bias=bias,
+                weights=weights,
+                phase=phase,
+            )
+            return config
 
         def exact(positions: np.ndarray) -> np.ndarray:
             """UCB at ``positions`` of ``pool`` with the exact σ (σ stored for the attrs)."""
@@ -551,12 +606,12 @@ class AutoPipeSampler(BaseSampler):
             for name, value in explain.items():  # Optuna passes the objective's cached trial
                 trial.set_user_attr(name, value)
             if exhausted or not self._held_by_another(study, trial, space, keys[index]):
-                return dict(configs[index])
+                return chosen(index)
         _logger.warning(
             "Every free candidate configuration was claimed by another worker meanwhile; "
             "AutoPipeSampler proposes the best one again."
         )
-        return dict(configs[first])
+        return chosen(first)
 
     def _fixed(
         self, study: optuna.Study, trial: FrozenTrial, space: Mapping[str, BaseDistribution]
@@ -595,12 +650,13 @@ class AutoPipeSampler(BaseSampler):
         rules: Sequence[Rule],
         *,
         done: set[str],
-    ) -> dict[str, dict[str, Any]]:
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
         """Failed configurations (``failures.failed_numbers``) by key, those ``done`` (ran to
         an outcome in another trial) left out: as the sampler claimed them, else as the trial
-        held them."""
+        held them; and the keys among them whose run itself failed (``RUN_FAILED_ATTR``)."""
         numbers = failed_numbers(trials)
-        failed = {}
+        failed: dict[str, dict[str, Any]] = {}
+        ran = set()
         for trial in trials:
             if trial.number not in numbers:
                 continue
@@ -608,8 +664,11 @@ class AutoPipeSampler(BaseSampler):
             config = {n: trial.params.get(n, claimed.get(n)) for n in space}
             if any(v is not None for v in config.values()):
                 config = deactivate([config], rules)[0]
-                failed.setdefault(config_key(config), config)
-        return {k: c for k, c in failed.items() if k not in done}
+                key = config_key(config)
+                failed.setdefault(key, config)
+                if trial.user_attrs.get(RUN_FAILED_ATTR):
+                    ran.add(key)
+        return {k: c for k, c in failed.items() if k not in done}, ran - done
 
     def _candidates(self, full_space: dict[str, BaseDistribution]) -> _Candidates:
         """The base candidates of ``full_space``'s multi-valued parameters, built once per
@@ -692,7 +751,9 @@ class AutoPipeSampler(BaseSampler):
         raw = self.prior.ranker.raw_scores([{**singles, **c} for c in configs], self.features)
         return (raw - base.prior_mean) / base.prior_sd
 
-    def _observation(self, trial: FrozenTrial, space: Mapping[str, Any]) -> _Observation | None:
+    def _observation(
+        self, trial: FrozenTrial, space: Mapping[str, Any], signal: CutSignal | None
+    ) -> _Observation | None:
         """What a finished trial says, ``None`` when it says nothing usable. A trial counts
         on the parameters of ``space`` it holds (the others inactive: ``None``); an
         early-stopped trial without a proxy counts with the cut signal (z set by
@@ -710,8 +771,8 @@ class AutoPipeSampler(BaseSampler):
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             return None
         proxy = proxy_of(trial)
-        if proxy is None and self._signal is not None and stopped_early(trial):
-            proxy = (math.nan, self._signal.variance)  # the cut signal needs only the dynamics
+        if proxy is None and signal is not None and stopped_early(trial):
+            proxy = (math.nan, signal.variance)  # the cut signal needs only the dynamics
         if proxy is None:
             return None
         return _Observation(config=config, z=proxy[0], variance=proxy[1], full=False)
@@ -731,20 +792,19 @@ class AutoPipeSampler(BaseSampler):
         variance v, ĉ its cut feature standardised over the study's early-stopped trials
         (proxies for all when any of them lacks the feature; an early-stopped trial without
         a proxy then says nothing)."""
-        pairs = [(t, o) for t in trials if (o := self._observation(t, space)) is not None]
+        signal, fraction = self._signal(trials)
+        pairs = [(t, o) for t in trials if (o := self._observation(t, space, signal)) is not None]
         sign = 1.0 if direction == StudyDirection.MAXIMIZE else -1.0
         values = np.array([sign * o.z for _, o in pairs if o.full])
         mean = values.mean() if len(values) else 0.0
         sd = values.std() if len(values) >= 2 and values.std() > 0 else 1.0
         observed = [replace(o, z=(sign * o.z - mean) / sd) if o.full else o for _, o in pairs]
         early = [i for i, (_, o) in enumerate(pairs) if not o.full]
-        if self._signal is not None and early:
-            cuts = np.array([self._cut_value(pairs[i][0]) for i in early])
+        if signal is not None and early:
+            cuts = np.array([self._cut_value(pairs[i][0], signal, fraction) for i in early])
             if np.isfinite(cuts).all():
                 for i, c in zip(early, standardise(cuts), strict=True):
-                    observed[i] = replace(
-                        observed[i], z=self._signal.slope * c, variance=self._signal.variance
-                    )
+                    observed[i] = replace(observed[i], z=signal.slope * c, variance=signal.variance)
         return [(t, o) for (t, _), o in zip(pairs, observed, strict=True) if math.isfinite(o.z)]
 
     def _best_cut(
@@ -752,25 +812,25 @@ class AutoPipeSampler(BaseSampler):
     ) -> dict[str, Any] | None:
         """The configuration with the best score at the cut among the observed trials, full
         or early-stopped (``None`` without the cut signal or when any lacks the score)."""
-        if self._signal is None:
+        signal, fraction = self._signal(trials)
+        if signal is None:
             return None
-        seen = [t for t in trials if self._observation(t, space) is not None]
-        cuts = [self._cut_value(t) for t in seen]
+        seen = [t for t in trials if self._observation(t, space, signal) is not None]
+        cuts = [self._cut_value(t, signal, fraction) for t in seen]
         if not np.isfinite(cuts).all():
             return None
         return {n: seen[int(np.argmax(cuts))].params.get(n) for n in space}
 
-    def _cut_value(self, trial: FrozenTrial) -> float:
-        """The oriented cut feature of a trial's recorded dynamics (NaN without)."""
+    def _cut_value(self, trial: FrozenTrial, signal: CutSignal, fraction: float) -> float:
+        """The oriented cut feature, at ``fraction``, of a trial's recorded dynamics (NaN
+        without)."""
         record = trial.user_attrs.get(DYNAMICS_ATTR)
         if not isinstance(record, str):
             return math.nan
-        key = hash(record)  # a finished trial's dynamics never change
+        key = (hash(record), fraction)  # a finished trial's dynamics never change
         if key not in self._cut_values:
-            assert self._signal is not None and self.prior and self.prior.regressor
             dynamics = TrainingDynamics.from_json(record, source=f"trial {trial.number}")
-            fraction = self.prior.regressor.fraction
-            self._cut_values[key] = self._signal.value(dynamics, fraction=fraction)
+            self._cut_values[key] = signal.value(dynamics, fraction=fraction)
         return self._cut_values[key]
 
     def _lambda(self, t: int, observed: list[_Observation], base: _Candidates) -> float:
@@ -975,8 +1035,9 @@ class _Observation:
 
 @dataclass(frozen=True)
 class _Context:
-    """What a trial's choice was made with, to explain another configuration of it."""
+    """A trial's choice and what it was made with, to explain another configuration of it."""
 
+    config: dict[str, Any]
     base: _Candidates
     encoder: SpaceEncoder
     gp: ResidualGP | None

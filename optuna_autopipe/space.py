@@ -82,7 +82,8 @@ class SpaceEncoder:
         """Encode configurations, shape ``(len(configs), len(columns))``.
 
         A parameter missing from a configuration, or ``None`` there (inactive in a conditional
-        space, ``conditional.py``), encodes as NaN (numeric) or all zeros (one-hot).
+        space, ``conditional.py``; unless ``None`` is one of its choices), encodes as NaN
+        (numeric) or all zeros (one-hot).
         """
         rows = np.zeros((len(configs), len(self.columns)))
         for i, config in enumerate(configs):
@@ -93,7 +94,7 @@ class SpaceEncoder:
                     j += 1
                     continue
                 choices = self._onehot[name]
-                if config.get(name) is not None:
+                if config.get(name) is not None or (name in config and None in choices):
                     if config[name] not in choices:
                         raise ValueError(
                             f"Parameter {name!r} has value {config[name]!r}, which the encoding "

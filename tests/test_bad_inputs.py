@@ -27,10 +27,11 @@ from objectives.post_training.tasks import DatasetFiles, write_dataset
 from optuna_autopipe.cli import main
 from optuna_autopipe.corpus import Corpus, DatasetRuns
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
-from optuna_autopipe.early_stop import AutoPipeEarlyStop
+from optuna_autopipe.early_stop import AutoPipeEarlyStop, proxy_of
 from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.prior import Prior, fit_prior
 from optuna_autopipe.profile import PROFILE_ATTR, DatasetProfile
+from optuna_autopipe.regressor import EarlyStopRegressor
 from optuna_autopipe.sampler import AutoPipeSampler
 
 pytestmark = pytest.mark.badinput
@@ -294,6 +295,84 @@ def test_malformed_dynamics_are_refused_by_the_parser_and_skipped_in_a_corpus(
     message = f"{path}: a run of d0 is not a training-dynamics record"
     with pytest.raises(ValueError, match=re.escape(message)):
         Corpus.load(path)
+
+
+def _converging(trial: optuna.trial.Trial) -> float:
+    """A run over SPACE that stops itself at step 3 of 10 (it converged), before the hook's
+    cut at 5: it returns normally."""
+    value = _objective(trial)
+    hook = AutoPipeEarlyStop(trial, fraction=0.5, total_steps=10)
+    for step in range(1, 4):
+        hook.report(step, {"loss": 1.0 / step})
+    hook.finish()
+    return value
+
+
+def test_a_run_that_stops_itself_before_total_steps_is_a_full_result(prior):
+    sampler = AutoPipeSampler(prior, FEATURES, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(_converging, n_trials=4)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert [t.user_attrs["fidelity"] for t in study.trials] == [1.0] * 4
+    best = max(study.trials, key=lambda t: t.value)
+    assert sampler.recommend(study) == best.params  # observed as full-fidelity results
+    before = _snapshot(study)
+    runs = Corpus.from_studies(study._storage, [study.study_name]).dataset(study.study_name)
+    assert len(runs.configs) == 4 and all(d is not None for d in runs.dynamics)
+    assert _snapshot(study) == before
+
+
+def _dynamics_corpus(sizes: list[float]) -> Corpus:
+    """Runs over SPACE, one dataset per size, whose loss slope carries the score."""
+    datasets = []
+    for i, size in enumerate(sizes):
+        quality = np.random.default_rng(i).normal(0, 1, 2 * len(GRID))
+        curves = [[[s, 3 - 0.1 * (1 + q) * s] for s in range(1, 11)] for q in quality]
+        dynamics = [TrainingDynamics(total_steps=10, metrics={"loss": c}) for c in curves]
+        scores = quality + 10 * size
+        datasets.append(
+            DatasetRuns(f"d{i}", "maximize", {"size": size}, GRID * 2, scores, dynamics=dynamics)
+        )
+    return Corpus(dict(SPACE), datasets)
+
+
+def _early_stop_with(regressor: EarlyStopRegressor, **dataset: Any) -> optuna.trial.FrozenTrial:
+    """One trial over SPACE stopped at step 5 of 10 by a hook holding ``regressor``."""
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        value = _objective(trial)
+        hook = AutoPipeEarlyStop(trial, total_steps=10, regressor=regressor, **dataset)
+        for step in range(1, 11):
+            if hook.report(step, {"loss": 3 - 0.1 * step}):
+                break
+        hook.finish()
+        return value
+
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective, n_trials=1)
+    return study.trials[0]
+
+
+@pytest.mark.parametrize("sizes", [[1.0, 1.0, 1.0], None])  # constant, or not asked for
+def test_a_regressor_reading_no_dataset_features_needs_no_dataset(sizes):
+    corpus = _dynamics_corpus(sizes or [0.0, 1.0, 2.0])
+    regressor = EarlyStopRegressor(target="direct", n_models=1, use_dataset_features=bool(sizes))
+    regressor.fit(corpus)
+    assert regressor.used_dataset_features == []
+    trial = _early_stop_with(regressor)
+    assert trial.state == TrialState.PRUNED and proxy_of(trial) is not None
+
+
+def test_a_hook_lacking_dataset_features_its_regressor_reads_names_them():
+    regressor = EarlyStopRegressor(target="direct", n_models=1).fit(_dynamics_corpus([0, 1, 2]))
+    assert regressor.used_dataset_features == ["size"]
+    trial = optuna.create_study().ask()
+    named = r"reads 1 dataset feature\(s\) the hook was not given: \['size'\]"
+    for dataset in (None, {"rows": 3.0}, DatasetProfile(name="new", features={"rows": 3.0})):
+        with pytest.raises(ValueError, match=named):
+            AutoPipeEarlyStop(trial, total_steps=10, regressor=regressor, dataset=dataset)
+    unknown = _early_stop_with(regressor, dataset={"size": math.nan})  # unknown: accepted
+    assert unknown.state == TrialState.PRUNED and proxy_of(unknown) is not None
 
 
 # --- the pipeline's data files ----------------------------------------------------------------

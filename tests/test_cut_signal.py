@@ -15,7 +15,12 @@ from optuna.trial import TrialState, create_trial
 from optuna_autopipe.corpus import Corpus, DatasetRuns
 from optuna_autopipe.cut_signal import CutSignal, standardise, within_spearman
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
-from optuna_autopipe.early_stop import PROXY_ATTR, PROXY_VARIANCE_ATTR
+from optuna_autopipe.early_stop import (
+    FRACTION_ATTR,
+    PROXY_ATTR,
+    PROXY_VARIANCE_ATTR,
+    STOP_STEP_ATTR,
+)
 from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.prior import Prior, fit_prior
 from optuna_autopipe.regressor import EarlyStopRegressor
@@ -262,7 +267,10 @@ def test_a_prior_from_little_history_says_what_it_could_not_judge(groups, anchor
     sampler = AutoPipeSampler(prior, {"size": 0.0}, seed=0, search_space=SPACE, n_samples=64)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("w", 0, 1), n_trials=4)
-    assert len(study.trials) == 4 and (sampler._signal is not None) == prior.regressor.uses_cut
+    assert (
+        len(study.trials) == 4
+        and (sampler._signal(study.trials)[0] is not None) == prior.regressor.uses_cut
+    )
 
 
 def test_a_group_of_one_run_is_scored_but_not_used_to_cross_fit():
@@ -271,3 +279,74 @@ def test_a_group_of_one_run_is_scored_but_not_used_to_cross_fit():
     prior = fit_prior(Corpus(dict(SPACE), [_dataset("d0", 0), single]), grid=[TreeParams()])
     assert prior.record["regressor"]["anchors"] == "in-sample"  # one group can rank
     assert prior.regressor is not None and prior.regressor.uses_cut
+
+
+def test_early_stops_recorded_by_a_hook_without_a_regressor_are_observed_by_their_cut(prior):
+    """The hook given no ``regressor=`` records the dynamics but no proxy: the cut signal
+    needs only the dynamics, so those early stops still count."""
+    study = optuna.create_study(direction="maximize")
+    for i, cut in enumerate([0.0, 2.0, 1.0]):
+        study.add_trial(
+            create_trial(
+                state=TrialState.PRUNED,
+                params={"x": 0.1 * (i + 1), "w": 0.5},
+                distributions=SPACE,
+                user_attrs={
+                    "fidelity": 0.5,
+                    STOP_STEP_ATTR: TOTAL // 2,
+                    DYNAMICS_ATTR: _curve(70.0, cut, np.random.default_rng(1)).to_json(),
+                },
+            )
+        )
+    sampler = AutoPipeSampler(prior, {"size": 0.0}, seed=0, search_space=SPACE)
+    assert len(sampler._observations(study.trials, SPACE, study.direction)) == 3
+    assert sampler.recommend(study) == study.trials[1].params
+    assert [t.number for t in sampler.early_stop_ranking(study)] == [1, 2, 0]
+    proxies = AutoPipeSampler(prior, {"size": 0.0}, search_space=SPACE, early_stop_signal="proxy")
+    assert proxies._observations(study.trials, SPACE, study.direction) == []
+
+
+def test_the_sampler_reads_the_cut_of_the_fraction_the_study_stopped_at():
+    """A prior serving 25% and 50%: early stops at 25% (``autopipe:fraction``) are read
+    with the 25% regressor's cut signal, at 25%; a fraction the prior does not serve falls
+    back to the proxies with one warning."""
+    corpus = Corpus(dict(SPACE), [_dataset(f"d{i}", i) for i in range(5)])
+    prior = fit_prior(corpus, grid=[TreeParams(n_estimators=30)], n_models=1, fractions=(0.25, 0.5))
+    assert prior.fractions == [0.25, 0.5]
+    sampler = AutoPipeSampler(prior, {"size": 0.0}, seed=0, search_space=SPACE)
+    study = optuna.create_study(direction="maximize")
+    for i, cut in enumerate([0.0, 2.0, 1.0]):
+        dynamics = _curve(70.0, cut, np.random.default_rng(1))
+        study.add_trial(
+            create_trial(
+                state=TrialState.PRUNED,
+                params={"x": 0.1 * (i + 1), "w": 0.5},
+                distributions=SPACE,
+                user_attrs={
+                    "fidelity": 0.25,
+                    FRACTION_ATTR: 0.25,
+                    STOP_STEP_ATTR: TOTAL // 4,
+                    DYNAMICS_ATTR: dynamics.to_json(),
+                },
+            )
+        )
+    signal, fraction = sampler._signal(study.trials)
+    regressor = prior.regressor_for(0.25)
+    assert fraction == 0.25
+    assert signal == (regressor.cut if regressor.uses_cut else None)
+    if signal is not None:
+        expected = signal.value(_curve(70.0, 2.0, np.random.default_rng(1)), fraction=0.25)
+        assert sampler._cut_value(study.trials[1], signal, 0.25) == pytest.approx(
+            expected, abs=1e-5
+        )
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED,
+            params={"x": 0.9, "w": 0.9},
+            distributions=SPACE,
+            user_attrs={FRACTION_ATTR: 0.3, STOP_STEP_ATTR: 6},
+        )
+    )
+    study.add_trial(study.trials[-1])
+    with pytest.warns(UserWarning, match="serves early-stop fractions.*uses the proxies"):
+        assert sampler._signal(study.trials[3:]) == (None, 0.3)

@@ -15,12 +15,16 @@ from optuna_autopipe.bench.methods import Context, get_method
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 from optuna_autopipe.early_stop import (
+    FRACTION_ATTR,
     PRIOR_SCORE_ATTR,
+    PROMOTED_FROM_ATTR,
     PROXY_ATTR,
     PROXY_VARIANCE_ATTR,
     RESIDUAL_ATTR,
+    STOP_STEP_ATTR,
     AutoPipeEarlyStop,
     proxy_of,
+    verify,
 )
 from optuna_autopipe.regressor import EarlyStopRegressor
 
@@ -34,6 +38,10 @@ def nmt_regressors(nmt):
         "residual": EarlyStopRegressor(n_models=2).fit(corpus, prior_scores=zeros),
         "direct": EarlyStopRegressor(target="direct", n_models=2).fit(corpus),
     }
+
+
+#: NMT's dataset features, which both regressors read.
+NMT_FEATURES = {"log10_dataset_size": 5.0, "max_len": 80.0, "into_english": 1.0}
 
 
 def _loop_objective(hook_options, losses, prior_score=None):
@@ -65,6 +73,7 @@ def test_report_path_stops_at_the_fraction_and_leaves_a_pruned_trial_with_its_re
     assert sorted(trial.intermediate_values) == [1, 2, 3, 4, 5]
     assert trial.intermediate_values[5] == pytest.approx(2.6)
     assert trial.user_attrs["fidelity"] == 0.5 and trial.user_attrs["autopipe:stop_step"] == 5
+    assert trial.user_attrs[FRACTION_ATTR] == 0.5  # which of a prior's regressors applies
     dynamics = TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR])
     assert dynamics.total_steps == 10 and set(dynamics.metrics) == {"loss", "learning_rate"}
     assert [p[0] for p in dynamics.metrics["loss"]] == [1, 2, 3, 4, 5]
@@ -83,7 +92,7 @@ def test_full_fidelity_runs_complete_and_still_record_their_dynamics(fraction):
 @pytest.mark.parametrize("target", ["residual", "direct"])
 def test_an_early_stop_with_a_regressor_records_its_proxy(nmt_regressors, target):
     regressor = nmt_regressors[target]
-    options = {"regressor": regressor, "dataset": {"log10_dataset_size": 5.0}}
+    options = {"regressor": regressor, "dataset": NMT_FEATURES}
     trial = _one_trial(_loop_objective(options, [9.0, 7.0, 6.0, 5.5], prior_score=0.7))
     assert trial.state == TrialState.PRUNED
     dynamics = TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR])
@@ -101,7 +110,7 @@ def test_an_early_stop_with_a_regressor_records_its_proxy(nmt_regressors, target
 
 def test_a_diverged_or_silent_run_gets_the_regressor_fallback_not_a_crash(nmt_regressors):
     regressor = nmt_regressors["residual"]
-    options = {"regressor": regressor, "dataset": {}}
+    options = {"regressor": regressor, "dataset": dict.fromkeys(NMT_FEATURES, math.nan)}
     for losses in ([math.nan, math.inf, math.nan, math.nan], [None] * 4):
         trial = _one_trial(_loop_objective(options, losses, prior_score=-0.2))
         assert trial.state == TrialState.PRUNED
@@ -113,7 +122,7 @@ def test_a_diverged_or_silent_run_gets_the_regressor_fallback_not_a_crash(nmt_re
 
 
 def test_a_residual_proxy_without_a_prior_score_records_only_the_residual(nmt_regressors):
-    options = {"regressor": nmt_regressors["residual"], "dataset": {}}
+    options = {"regressor": nmt_regressors["residual"], "dataset": NMT_FEATURES}
     trial = _one_trial(_loop_objective(options, [9.0, 7.0, 6.0, 5.5]))
     assert RESIDUAL_ATTR in trial.user_attrs and PROXY_ATTR not in trial.user_attrs
 
@@ -124,8 +133,13 @@ def test_bad_hook_arguments_are_rejected_with_the_fix(nmt_regressors):
         AutoPipeEarlyStop(trial, total_steps=10, fraction=0)
     with pytest.raises(ValueError, match="same fraction"):
         AutoPipeEarlyStop(trial, fraction=0.25, regressor=nmt_regressors["direct"], dataset={})
-    with pytest.raises(ValueError, match="dataset=profile"):
+    read = r"\['into_english', 'log10_dataset_size', 'max_len'\].*dataset="
+    with pytest.raises(ValueError, match=read):
         AutoPipeEarlyStop(trial, regressor=nmt_regressors["direct"])
+    with pytest.raises(ValueError, match=r"\['into_english', 'max_len'\]"):
+        AutoPipeEarlyStop(
+            trial, regressor=nmt_regressors["direct"], dataset={"log10_dataset_size": 5}
+        )
     with pytest.raises(RuntimeError, match="total_steps"):
         AutoPipeEarlyStop(trial).report(1, {"loss": 1.0})
     with pytest.raises(ValueError, match="total_steps"):
@@ -212,3 +226,61 @@ def test_intermediate_values_are_oriented_like_the_study(direction, metric, repo
     hook.report(1, {metric: 2.0})
     hook.report(2, {metric: 1.0}, intermediate=5.0)  # an explicit value is kept as is
     assert study.trials[0].intermediate_values == {1: reported, 2: 5.0}
+
+
+def _converging(fraction, *, fidelity=None):
+    """A loop that stops itself once the loss stops improving (step 6 of 10): it converged."""
+    losses = [3.0, 2.0, 1.5, 1.2, 1.1, 1.1, 1.1, 1.1, 1.1, 1.1]
+
+    def objective(trial):
+        trial.suggest_float("lr", 1e-5, 1e-3, log=True)
+        hook = AutoPipeEarlyStop(trial, total_steps=len(losses), fraction=fraction)
+        previous = math.inf
+        for step, loss in enumerate(losses, 1):
+            if hook.report(step, {"loss": loss}) or previous - loss < 1e-3:
+                break
+            previous = loss
+        hook.finish(fidelity=fidelity)
+        return loss
+
+    return objective
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.75])  # the hook would stop at step 8 of 10
+def test_a_run_that_ends_itself_before_its_planned_length_is_a_full_result(fraction):
+    trial = _one_trial(_converging(fraction))
+    assert trial.state == TrialState.COMPLETE and trial.value == 1.1
+    assert trial.user_attrs["fidelity"] == 1.0
+    assert STOP_STEP_ATTR not in trial.user_attrs and FRACTION_ATTR not in trial.user_attrs
+    assert TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR]).last_step == 6
+    # the caller knows better: an explicit fidelity is recorded as given
+    partial = _one_trial(_converging(fraction, fidelity=0.6))
+    assert partial.state == TrialState.COMPLETE and partial.user_attrs["fidelity"] == 0.6
+
+
+def test_verify_returns_the_finished_full_fidelity_trial_instead_of_running_it_again():
+    study = optuna.create_study(direction="minimize")
+    distributions = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)}
+
+    def add(lr, state=TrialState.COMPLETE, value=None, **attrs):
+        trial = optuna.trial.create_trial(
+            state=state,
+            value=value,
+            params={"lr": lr},
+            distributions=distributions,
+            user_attrs=attrs,
+        )
+        study.add_trial(trial)
+
+    add(1e-4, value=2.0)
+    add(1e-4, value=1.5, fidelity=1.0)  # the same configuration, better: this one is returned
+    add(2e-4, value=0.5, fidelity=0.5)  # a COMPLETE trial below full fidelity is no result
+    add(3e-4, TrialState.PRUNED, **{STOP_STEP_ATTR: 5, "fidelity": 0.5})
+    finished = verify(study, {"lr": 1e-4})
+    assert finished is not None and finished.number == 1 and finished.value == 1.5
+    assert len(study.trials) == 4  # nothing enqueued
+    assert verify(study, {"lr": 2e-4}) is None  # a fresh full run is enqueued
+    assert verify(study, {"lr": 3e-4}) is None  # the early stop is promoted
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"lr": 2e-4}, {"lr": 3e-4}]
+    assert [t.user_attrs[PROMOTED_FROM_ATTR] for t in waiting] == [None, 3]

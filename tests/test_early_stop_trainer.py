@@ -66,6 +66,7 @@ class _ConstantRegressor:
 
     fraction = 0.5
     target = "direct"
+    used_dataset_features = ("rows",)
 
     def __init__(self):
         self.dynamics = []
@@ -80,14 +81,25 @@ class _TinyRun:
 
     Every call trains from the same seed in ``output_dir`` (resuming when the trial was
     promoted), appends ``(global_step, executed steps)`` to ``runs`` and returns the last value
-    of the hook's primary metric. ``training_args`` override the ``TrainingArguments``.
+    of the hook's primary metric. ``training_args`` override the ``TrainingArguments``;
+    ``callbacks`` are the trainer's other callbacks.
     """
 
-    def __init__(self, output_dir, *, fraction, evaluate=True, hook_options=None, **training_args):
+    def __init__(
+        self,
+        output_dir,
+        *,
+        fraction,
+        evaluate=True,
+        hook_options=None,
+        callbacks=(),
+        **training_args,
+    ):
         self.output_dir = output_dir
         self.fraction = fraction
         self.evaluate = evaluate
         self.hook_options = hook_options or {}
+        self.callbacks = list(callbacks)
         self.training_args = training_args
         self.runs = []
 
@@ -128,7 +140,7 @@ class _TinyRun:
             args=args,
             train_dataset=_Tokens(64, seed=1),
             eval_dataset=_Tokens(16, seed=2) if self.evaluate else None,
-            callbacks=[hook.callback(), counter],
+            callbacks=[hook.callback(), counter, *self.callbacks],
         )
         trainer.train(resume_from_checkpoint=resume_checkpoint(trial))
         self.runs.append((trainer.state.global_step, counter.steps))
@@ -275,3 +287,18 @@ def test_checkpoint_false_saves_nothing_extra_but_keeps_a_scheduled_save(tmp_pat
     assert saved == (["checkpoint-10"] if scheduled_save else [])
     expected = str(tmp_path / "checkpoint-10") if scheduled_save else None
     assert trial.user_attrs.get(CHECKPOINT_ATTR) == expected
+
+
+def test_a_trainer_stopped_by_its_own_early_stopping_callback_is_a_full_result(tmp_path):
+    """EarlyStoppingCallback ends the run at its first evaluation without a large gain, long
+    before the hook's stop at 15: the hook did not stop it, so the trial is a full result."""
+    stopper = transformers.EarlyStoppingCallback(
+        early_stopping_patience=1, early_stopping_threshold=100.0
+    )
+    run = _TinyRun(tmp_path, fraction=0.75, callbacks=[stopper], metric_for_best_model="eval_loss")
+    trial = _run_trial(run)
+
+    stopped_at = run.runs[0][0]
+    assert stopped_at < 15 and _dynamics(trial).last_step == stopped_at
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["fidelity"] == 1.0 and STOP_STEP_ATTR not in trial.user_attrs

@@ -87,3 +87,16 @@ def test_cli_fits_a_prior_from_studies_and_from_a_benchmark(tmp_path, nmt, capsy
         == 2
     )
     assert "'nope' not found" in capsys.readouterr().err
+
+
+def test_cli_fit_prior_fits_the_early_stop_fractions_asked_for(nmt, tmp_path, capsys):
+    out = tmp_path / "prior"
+    args = ["fit-prior", "--benchmark", "nmt", "--no-tune", "--out", str(out), "--fractions"]
+    assert main([*args, "0.25"]) == 0
+    prior = Prior.load(out)
+    assert prior.fractions == [0.25] and prior.regressor.fraction == 0.25
+    assert "early-stop regressors at 25% (default 25%)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "0.25,1.5"])
+    assert exited.value.code == 2
+    assert "early-stop fractions must be in (0, 1)" in capsys.readouterr().err

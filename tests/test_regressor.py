@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import numpy as np
+import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 from scipy.stats import spearmanr
 
 from optuna_autopipe.corpus import Corpus, DatasetRuns
 from optuna_autopipe.dynamics import TrainingDynamics
+from optuna_autopipe.early_stop import RESIDUAL_ATTR, AutoPipeEarlyStop
 from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.prior import Prior, fit_prior
 from optuna_autopipe.ranker import Ranker
@@ -126,8 +130,12 @@ def test_bad_inputs_name_the_problem(corpus):
         EarlyStopRegressor().predict([], {}, [])
 
 
-def test_fit_prior_adds_the_regressor_and_both_survive_save_and_load(corpus, tmp_path):
-    prior = fit_prior(corpus, grid=[TreeParams(n_estimators=30)], n_models=1)
+@pytest.fixture(scope="module")
+def prior(corpus) -> Prior:
+    return fit_prior(corpus, grid=[TreeParams(n_estimators=30)], n_models=1)
+
+
+def test_fit_prior_adds_the_regressor_and_both_survive_save_and_load(prior, corpus, tmp_path):
     assert prior.regressor is not None and prior.regressor.target == "residual"
     record = prior.record["regressor"]
     assert record["fraction"] == 0.5 and record["anchors"] == "cross-fitted"
@@ -143,6 +151,73 @@ def test_fit_prior_adds_the_regressor_and_both_survive_save_and_load(corpus, tmp
     (tmp_path / "regressor-1.json").write_text("{broken")
     with pytest.raises(ValueError, match="corrupt or incompatible prior"):
         Prior.load(tmp_path)
+
+
+def test_a_prior_serves_every_early_stop_fraction_its_corpus_supports(prior, corpus, tmp_path):
+    assert prior.fractions == [0.25, 0.5, 0.75]
+    assert prior.regressor is prior.regressor_for(0.5)  # the default, prior.regressor
+    for fraction in prior.fractions:
+        assert prior.regressor_for(fraction).fraction == fraction
+        assert prior.record["regressors"][f"{fraction:g}"]["fraction"] == fraction
+    prior.save(tmp_path)
+    loaded = Prior.load(tmp_path)
+    assert loaded.fractions == prior.fractions and loaded.regressor.fraction == 0.5
+    held = corpus.dataset("d2")
+    for fraction in prior.fractions:
+        before = prior.regressor_for(fraction).predict(held.configs, held.features, held.dynamics)
+        after = loaded.regressor_for(fraction).predict(held.configs, held.features, held.dynamics)
+        np.testing.assert_allclose(after.mean, before.mean, rtol=1e-6)
+    # a hook stopping at a quarter takes the prior's quarter regressor, and records its proxy
+    study = optuna.create_study(direction="maximize")
+    hook = AutoPipeEarlyStop(
+        study.ask(),
+        total_steps=TOTAL,
+        fraction=0.25,
+        regressor=loaded.regressor_for(0.25),
+        dataset=held.features,
+    )
+    for step, point in enumerate(held.dynamics[0].metrics["loss"], 1):
+        if hook.report(step, {"loss": point[1]}):
+            break
+    with pytest.raises(optuna.TrialPruned):
+        hook.finish()
+    assert np.isfinite(study.trials[0].user_attrs[RESIDUAL_ATTR])  # r̂ (no s(x) on the trial)
+
+
+def test_a_prior_saved_with_one_regressor_still_loads(prior, tmp_path):
+    """The layout before per-fraction regressors: ``regressor.json`` and its members only."""
+    Prior(ranker=prior.ranker, regressor=prior.regressor, record={}).save(tmp_path)
+    record = json.loads((tmp_path / "prior.json").read_text())
+    del record["regressor_files"]
+    (tmp_path / "prior.json").write_text(json.dumps(record))
+    loaded = Prior.load(tmp_path)
+    assert loaded.fractions == [0.5] and loaded.regressor.fraction == 0.5
+
+
+def test_a_fraction_the_prior_does_not_serve_names_those_it_does_and_the_refit(prior):
+    served = r"serves early-stop fractions \[0\.25, 0\.5, 0\.75\], not 0\.3.*fractions="
+    with pytest.raises(ValueError, match=served):
+        prior.regressor_for(0.3)
+    with pytest.raises(ValueError, match=r"no early-stop regressor.*dynamics.*fit-prior"):
+        Prior(ranker=prior.ranker).regressor_for(0.5)
+
+
+def test_fit_prior_fits_the_fractions_asked_for_where_the_dynamics_reach(corpus):
+    late = []  # nothing logged before step 12 of 40: no point before a cut at 25% (step 10)
+    for d in corpus.datasets[:3]:
+        dynamics = [
+            TrainingDynamics(
+                total_steps=TOTAL, metrics={"loss": [p for p in x.metrics["loss"] if p[0] >= 12]}
+            )
+            for x in d.dynamics
+        ]
+        late.append(dataclasses.replace(d, dynamics=dynamics))
+    grid = [TreeParams(n_estimators=30)]
+    prior = fit_prior(Corpus(dict(SPACE), late), grid=grid, n_models=1, fractions=(0.25, 0.5))
+    assert prior.fractions == [0.5] and prior.regressor.fraction == 0.5
+    assert prior.record["regressors"]["0.25"].startswith("not fitted: no dataset has 2+ runs")
+    quarter = fit_prior(corpus.without(["d3", "d4"]), grid=grid, n_models=1, fractions=(0.25,))
+    assert quarter.fractions == [0.25] and quarter.regressor.fraction == 0.25
 
 
 def test_corpus_files_keep_the_dynamics(corpus, tmp_path):

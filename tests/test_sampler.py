@@ -668,6 +668,40 @@ def test_the_early_stop_hook_turns_the_sampler_prior_score_into_a_proxy_the_gp_u
     assert last["autopipe:offset"] == pytest.approx(offset(np.array(residuals), variances))
 
 
+def test_an_enqueued_partial_configuration_gets_the_proxy_of_the_configuration_that_ran():
+    """``enqueue_trial({"x": 0.25})``: the sampler completes it (w), and s(x), the claim and
+    the hook's proxy s(x) + r all describe the run, not the sampler's unconstrained choice."""
+    space = {"x": FloatDistribution(0.0, 1.0), "w": FloatDistribution(0.0, 1.0)}
+    corpus = Corpus(space, [_runs_with_dynamics(f"d{i}", i) for i in range(4)])
+    prior = fit_prior(corpus, grid=[TreeParams(n_estimators=20)], n_models=1)
+    features = {"size": 1.5}
+    sampler = AutoPipeSampler(prior, features, seed=0, n_samples=256, search_space=space)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    rng = np.random.default_rng(3)
+
+    def objective(trial):
+        x, w = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("w", 0.0, 1.0)
+        hook = AutoPipeEarlyStop(trial, total_steps=20, regressor=prior.regressor, dataset=features)
+        for step, loss in enumerate(_losses(w - 0.5, rng), 1):
+            if hook.report(step, {"loss": float(loss)}):
+                break
+        hook.finish()
+        return x
+
+    study.optimize(objective, n_trials=2)
+    study.enqueue_trial({"x": 0.25})
+    study.optimize(objective, n_trials=1)
+    ran = study.trials[2]
+    assert ran.params["x"] == 0.25
+    assert ran.user_attrs[CLAIM_ATTR] == config_key(ran.params)
+    base = sampler._candidates(space)
+    assert ran.user_attrs[PRIOR_SCORE_ATTR] == pytest.approx(
+        sampler._prior_scores([ran.params], base)[0]
+    )
+    attrs = ran.user_attrs
+    assert attrs[PROXY_ATTR] == pytest.approx(attrs[PRIOR_SCORE_ATTR] + attrs[RESIDUAL_ATTR])
+
+
 # --- 6. recommend ----------------------------------------------------------------------------
 
 

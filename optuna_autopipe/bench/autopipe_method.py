@@ -3,8 +3,10 @@
 The prior comes from the public path, ``fit_prior``, on the offline datasets only: their
 reference pools (at most ``CORPUS_ROWS`` runs per dataset, the ``offline`` method's corpus)
 for the ranker, ``DYNAMICS_ROWS`` of those runs per dataset with one observed run's training
-dynamics for the residual early-stop regressor and its cut signal, the ranker's default
-settings (one grid point: no grid search, as in ``offline``), cached per process.
+dynamics for the residual early-stop regressor and its cut signal, fitted at the method's
+early-stop fraction only (a prior serves several, ``fit_prior(fractions=...)``; the bench fits
+the one it uses, which keeps its cost), the ranker's default settings (one grid point: no grid
+search, as in ``offline``), cached per process.
 ``Context.prior_noise`` then distorts the ranker (``prior_noise.distort``).
 
 - ``autopipe``: the default, ``procedure="calibrated"``: ``budget`` trials stopped at
@@ -58,7 +60,8 @@ DYNAMICS_ROWS = 500
 @lru_cache(maxsize=8)
 def offline_prior(offline: tuple[ReplayTask, ...], fraction: float) -> Prior:
     """``fit_prior`` on ``offline`` (cached per process): the ranker on up to
-    ``CORPUS_ROWS`` runs per dataset, the regressor on ``DYNAMICS_ROWS`` of them."""
+    ``CORPUS_ROWS`` runs per dataset, the regressor at ``fraction`` on ``DYNAMICS_ROWS`` of
+    them."""
     corpus = prior_corpus(offline)
     for task, runs in zip(offline, corpus.datasets, strict=True):
         rows = np.sort(np.random.default_rng(0).permutation(len(runs.configs))[:DYNAMICS_ROWS])
@@ -66,7 +69,7 @@ def offline_prior(offline: tuple[ReplayTask, ...], fraction: float) -> Prior:
         runs.dynamics = [None] * len(runs.configs)
         for i, dynamics in zip(rows, observed, strict=True):
             runs.dynamics[i] = dynamics
-    return fit_prior(corpus, grid=(TreeParams(),), fraction=fraction, n_jobs=1)
+    return fit_prior(corpus, grid=(TreeParams(),), fractions=(fraction,), n_jobs=1)
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -85,7 +88,8 @@ def autopipe(
 
     After the early-stop phase the sampler's ``n_promote`` best early stops are promoted
     (resumed at full fidelity); with ``n_promote=0``, ``recommend(rule=recommend)`` is
-    verified once (``early_stop.verify``: it resumes the early-stopped run when there is one).
+    verified once (``early_stop.verify``: it resumes the early-stopped run when there is one,
+    and runs nothing when the configuration already has a full-fidelity result).
     """
 
     def run(ctx: Context) -> optuna.Study:
@@ -107,19 +111,12 @@ def autopipe(
         if fraction is None:
             study.optimize(ctx.objective(), n_trials=ctx.budget)
             return study
-        regressor = prior.regressor if prior else direct_regressor(tasks, fraction)
+        regressor = prior.regressor_for(fraction) if prior else direct_regressor(tasks, fraction)
         study.optimize(ctx.objective(fraction=fraction, regressor=regressor), n_trials=ctx.budget)
         promoted = promote_best(study, sampler)
-        if not promoted:
-            best = sampler.recommend(study, rule=recommend)
-            done = [
-                t
-                for t in study.trials
-                if t.state == optuna.trial.TrialState.COMPLETE and t.params == best
-            ]
-            if done:
-                return study
-            verify(study, best)
+        best = None if promoted else sampler.recommend(study, rule=recommend)
+        if best is not None and verify(study, best) is not None:
+            return study  # the recommendation ran at full fidelity already
         study.optimize(ctx.objective(), n_trials=max(1, len(promoted)))
         if len(promoted) >= 3:
             study.set_user_attr(
