@@ -55,9 +55,10 @@ class FailureRisk:
         failed: encoded configurations that failed, shape ``(m, d)``.
         seed: the classifier optimiser's seed.
 
-    With no failure the risk is 0 everywhere; with failures only (nothing finished yet) it
-    is 1 at the failed points and 0 elsewhere (there is nothing to contrast them with).
-    NaN inputs (inactive parameters) encode as 0.
+    With no failure the risk is 0 everywhere; with failures only (m of them, nothing
+    finished yet) it is 1 at the failed points and (m + 1) / (m + 2) elsewhere (Laplace's
+    rule of succession: every run so far failed). NaN inputs (inactive parameters) encode
+    as 0.
     """
 
     def __init__(self, finished: np.ndarray, failed: np.ndarray, *, seed: int = 0) -> None:
@@ -78,6 +79,8 @@ class FailureRisk:
         x = np.nan_to_num(np.asarray(x, dtype=float))
         if self._model is not None:
             return self._model.predict_proba(x)[:, 1]
-        if not len(self._failed):
+        m = len(self._failed)
+        if not m:
             return np.zeros(len(x))
-        return (np.abs(x[:, None, :] - self._failed[None]).max(axis=2) < 1e-9).any(axis=1) * 1.0
+        at_failed = (np.abs(x[:, None, :] - self._failed[None]).max(axis=2) < 1e-9).any(axis=1)
+        return np.where(at_failed, 1.0, (m + 1) / (m + 2))

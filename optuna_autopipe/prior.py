@@ -80,12 +80,17 @@ class Prior:
     def regressor_for(self, fraction: float) -> EarlyStopRegressor:
         """The early-stop regressor for a hook stopping at ``fraction``.
 
-        Raises ``ValueError`` when the prior has none there, naming the fractions it serves
-        and how to refit it for ``fraction``.
+        Raises ``ValueError`` for a fraction outside (0, 1), and when the prior has none
+        there, naming the fractions it serves and how to refit it for ``fraction``.
         """
         for served, regressor in self.regressors.items():
             if math.isclose(served, fraction):
                 return regressor
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(
+                f"An early-stop fraction is in (0, 1), got {fraction!r}: a run at fraction 1 "
+                "is a full run and needs no regressor."
+            )
         if not self.regressors:
             raise ValueError(
                 "The prior has no early-stop regressor: its corpus runs carried no training "

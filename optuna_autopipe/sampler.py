@@ -9,7 +9,8 @@ Each suggestion (paper B.3), for the study's search space:
    fail. Values the study fixes for the trial (enqueued, ``PartialFixedSampler``, already
    suggested) are set in every candidate, and parameters a branch of a conditional space
    does not use are set to ``None`` (``conditional.py``).
-2. s(x): the prior's score, standardised over the base candidate set (0 without a prior).
+2. s(x): the prior's score, standardised with its mean and standard deviation over the base
+   candidates of the prior's own space (0 without a prior).
 3. Observations, as z-values oriented so that higher is better: an early-stopped trial gives
    its proxy (``autopipe:proxy``, or s(x) + ``autopipe:residual``) with the regressor's
    variance, or, when the prior's corpus found the score at the cut to rank runs better
@@ -181,8 +182,9 @@ class AutoPipeSampler(BaseSampler):
             proposed while another is free; 1 turns the model off (a configuration that
             failed is still never proposed again while others remain).
 
-    Raises ``ValueError`` for an option out of range, and (module docstring, "Search
-    spaces") for a search space the prior cannot score.
+    Raises ``ValueError`` for an option out of range, and for a search space the prior
+    cannot score (a parameter it always saw missing, a categorical choice it never saw, a
+    parameter of another kind): here for ``search_space=``, else at the trial meeting it.
     """
 
     def __init__(
@@ -344,7 +346,7 @@ class AutoPipeSampler(BaseSampler):
             raise ValueError("AutoPipeSampler optimises one objective; this study has several.")
         if not search_space or set(search_space) <= set(trial.system_attrs.get("fixed_params", {})):
             return {}
-        self._check_trials_hold_prior_params(study)
+        self._warn_missing_prior_params(study)
         with self._lock:
             config = self._suggest(study, trial, self._candidate_space(study))
         return {n: config[n] for n in search_space if config.get(n) is not None}
@@ -383,16 +385,13 @@ class AutoPipeSampler(BaseSampler):
         parameter the objective did not use): the claim, s(x), μ, σ and the acquisition
         then describe the configuration that ran, and a residual proxy is s(x) + r̂ with
         that s(x)."""
-        if state == TrialState.FAIL:
+        if state == TrialState.FAIL and trial.params:  # not a trial refused before it ran
             set_trial_user_attrs(study, trial, {RUN_FAILED_ATTR: True})
         context = self._context.pop(trial.number, None)
         claim = trial.user_attrs.get(CLAIM_ATTR)
         if context is None or claim is None:
             return
-        claimed = json.loads(claim)
-        # A failed run may not have reached every suggestion: keep the values it was given.
-        kept = claimed if state == TrialState.FAIL else {}
-        ran = {n: trial.params.get(n, kept.get(n)) for n in claimed}
+        ran = {n: trial.params.get(n) for n in json.loads(claim)}
         if config_key(ran) == claim:
             return
         attrs = context.explain(ran, self._prior_scores([ran], context.base)[0])
@@ -430,23 +429,25 @@ class AutoPipeSampler(BaseSampler):
         """The multi-valued parameters of ``_candidate_space``: what observations hold."""
         return {n: d for n, d in self._candidate_space(study).items() if not d.single()}
 
-    def _check_trials_hold_prior_params(self, study: optuna.Study) -> None:
-        """Raise when a finished trial lacks a parameter the prior scores and always saw
-        (one its corpus never left out): the objective does not suggest it."""
+    def _warn_missing_prior_params(self, study: optuna.Study) -> None:
+        """Warn (once) when no finished trial holds a parameter the prior scores and its
+        corpus always held, while they hold others of its parameters: the objective may not
+        suggest it (or only on a branch not run yet); the prior scores it as missing."""
         if self.prior is None or self.search_space is not None:
             return
         ranker = self.prior.ranker
         known = set(ranker.encoder.space)  # type: ignore[union-attr]
         finished = study.get_trials(deepcopy=False, states=_SHOWN[:2])
-        needed = known - ranker.conditional
-        missing = sorted(
-            {n for t in finished if known & set(t.params) for n in needed - set(t.params)}
-        )
-        if missing:
-            raise ValueError(
-                f"The search space lacks parameters the prior scores: {missing}. Add them to "
-                "the objective (or pass search_space= with them), or refit the prior "
-                "(`autopipe fit-prior`) on studies with this search space."
+        held = {n for t in finished for n in t.params}
+        missing = sorted(known - ranker.conditional - held) if known & held else []
+        if missing and f"<missing {missing}>" not in self._warned:
+            self._warned.add(f"<missing {missing}>")
+            warnings.warn(
+                f"The study's trials lack parameters the prior scores: {missing}; the prior "
+                "scores them as missing (XGBoost's missing-value branch) until a trial holds "
+                "them. If the objective never suggests them, pass search_space= or refit the "
+                "prior (`autopipe fit-prior`) on studies with this search space.",
+                stacklevel=4,
             )
 
     def _suggest_one(
@@ -500,23 +501,22 @@ class AutoPipeSampler(BaseSampler):
             x = encoder.encode(configs)
             prior = self._prior_scores(configs, base)
         occupied = self._occupied(trials, trial, space)
-        failed, ran = self._failed(
-            trials, space, rules, done={config_key(o.config) for o in observed}
-        )
+        failed, ran = self._failed(trials, space, [o.config for o in observed])
         risk = np.zeros(len(configs))
         if failed and self.max_failure_risk < 1.0:
             finished = encoder.encode([o.config for o in observed])
-            model = FailureRisk(finished, encoder.encode(list(failed.values())), seed=self._seed)
-            risk = model.predict(x)
-        free = np.array([k not in failed and k not in occupied for k in keys])
+            risk = FailureRisk(finished, encoder.encode(failed), seed=self._seed).predict(x)
+        held = np.array([k in occupied for k in keys])
+        known_to_fail = _matching(configs, failed)
+        free = ~held & ~known_to_fail
         safe = free & (risk <= self.max_failure_risk)
         free = safe if safe.any() else free
         unseen = free & self._unobserved(trials, trial, configs)
         free = unseen if unseen.any() else free
         exhausted = not free.any()
         if exhausted:  # a failure whose run never reported (a dead worker) is retried first
-            retry = np.array([k not in occupied and k not in ran for k in keys])
-            again = np.array([k not in ran for k in keys])
+            again = ~_matching(configs, ran)
+            retry = again & ~held
             free = next(m for m in (retry, again, np.ones(len(keys), dtype=bool)) if m.any())
             _logger.warning(
                 "Every candidate configuration has been evaluated, is running or failed; "
@@ -647,32 +647,33 @@ class AutoPipeSampler(BaseSampler):
         self,
         trials: Sequence[FrozenTrial],
         space: Mapping[str, BaseDistribution],
-        rules: Sequence[Rule],
-        *,
-        done: set[str],
-    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
-        """Failed configurations (``failures.failed_numbers``) by key, those ``done`` (ran to
-        an outcome in another trial) left out: as the sampler claimed them, else as the trial
-        held them; and the keys among them whose run itself failed (``RUN_FAILED_ATTR``)."""
+        finished: Sequence[Mapping[str, Any]],
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The failed trials' configurations (``failures.failed_numbers``) as the parameters
+        of ``space`` each held when it failed: every candidate that agrees with one failed
+        too (a run that failed before suggesting a parameter fails whatever its value, and a
+        branch that does not use it fails with any). Those a ``finished`` configuration
+        agrees with are left out. Also returned: those whose run itself failed
+        (``RUN_FAILED_ATTR``), not a worker that vanished."""
         numbers = failed_numbers(trials)
-        failed: dict[str, dict[str, Any]] = {}
-        ran = set()
+        failed, ran = [], []
         for trial in trials:
-            if trial.number not in numbers:
+            held = {n: trial.params[n] for n in space if n in trial.params}
+            if trial.number not in numbers or not held or _matching(finished, [held]).any():
                 continue
-            claimed = json.loads(trial.user_attrs.get(CLAIM_ATTR, "{}"))
-            config = {n: trial.params.get(n, claimed.get(n)) for n in space}
-            if any(v is not None for v in config.values()):
-                config = deactivate([config], rules)[0]
-                key = config_key(config)
-                failed.setdefault(key, config)
-                if trial.user_attrs.get(RUN_FAILED_ATTR):
-                    ran.add(key)
-        return {k: c for k, c in failed.items() if k not in done}, ran - done
+            failed.append(held)
+            if trial.user_attrs.get(RUN_FAILED_ATTR):
+                ran.append(held)
+        return failed, ran
 
-    def _candidates(self, full_space: dict[str, BaseDistribution]) -> _Candidates:
+    def _candidates(
+        self, full_space: Mapping[str, BaseDistribution], *, reference: bool = False
+    ) -> _Candidates:
         """The base candidates of ``full_space``'s multi-valued parameters, built once per
-        space; single-valued ones are held apart and added when the prior scores."""
+        space; single-valued ones are held apart and added when the prior scores. s(x) is
+        standardised with the mean and standard deviation of the prior's raw scores over the
+        base candidates of the prior's own space (``reference``: computing those), so that a
+        configuration has one s(x) whatever the study fixed or narrowed."""
         signature = repr(sorted((n, distribution_to_json(d)) for n, d in full_space.items()))
         if signature not in self._cache:
             space = {n: d for n, d in full_space.items() if not d.single()}
@@ -691,13 +692,16 @@ class AutoPipeSampler(BaseSampler):
                 if usable
                 else np.zeros(len(configs))
             )
-            sd = float(raw.std()) or 1.0
+            mean, sd = float(raw.mean()), float(raw.std()) or 1.0
+            if usable and not reference:
+                own = self._candidates(self.prior.ranker.encoder.space, reference=True)  # type: ignore[union-attr]
+                mean, sd = own.prior_mean, own.prior_sd
             self._cache[signature] = _Candidates(
                 configs=configs,
                 keys=[config_key(c) for c in configs],
                 x=SpaceEncoder(space).encode(configs),
-                prior=(raw - raw.mean()) / sd,
-                prior_mean=float(raw.mean()),
+                prior=(raw - mean) / sd,
+                prior_mean=mean,
                 prior_sd=sd,
                 discrete=discrete,
                 singles=singles,
@@ -735,9 +739,9 @@ class AutoPipeSampler(BaseSampler):
             if _is_label(dist) != _is_label(known[name]):
                 raise ValueError(
                     f"Parameter {name!r} is {dist!r} in this study but {known[name]!r} in the "
-                    "prior's corpus. Suggest it as the prior's corpus did (or pass "
-                    "search_space= with that distribution), or refit the prior "
-                    "(`autopipe fit-prior`) on studies with this search space."
+                    "prior's corpus. Suggest it (and give it in search_space=) as the prior's "
+                    "corpus did, or refit the prior (`autopipe fit-prior`) on studies with "
+                    "this search space."
                 )
             if isinstance(dist, CategoricalDistribution):
                 ranker.encoder.encode([{name: choice} for choice in dist.choices])  # raises
@@ -1069,7 +1073,7 @@ class _Context:
             "autopipe:gp_mean": mean,
             "autopipe:gp_std": std,
             "autopipe:acquisition": acquisition,
-            PHASE_ATTR: f"{self.phase}, then fixed by the study",
+            PHASE_ATTR: f"{self.phase} (ran another configuration)",
         }
 
 
@@ -1090,6 +1094,22 @@ def _is_label(dist: BaseDistribution) -> bool:
     return isinstance(dist, CategoricalDistribution) and not all(
         isinstance(c, int | float) and not isinstance(c, bool) for c in dist.choices
     )
+
+
+def _matching(
+    configs: Sequence[Mapping[str, Any]], patterns: Sequence[Mapping[str, Any]]
+) -> np.ndarray:
+    """Per configuration: whether it agrees with some pattern on all the pattern's
+    parameters (``config_key`` equality), shape ``(len(configs),)``."""
+    by_names: dict[tuple[str, ...], set[str]] = {}
+    for pattern in patterns:
+        by_names.setdefault(tuple(sorted(pattern)), set()).add(config_key(pattern))
+    match = np.zeros(len(configs), dtype=bool)
+    for names, pattern_keys in by_names.items():
+        match |= np.array(
+            [config_key({n: c.get(n) for n in names}) in pattern_keys for c in configs], dtype=bool
+        )
+    return match
 
 
 def _unique(configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -148,6 +148,47 @@ def test_a_retry_of_a_failed_trial_is_still_run():
     assert study.trials[1].state == TrialState.COMPLETE
 
 
+def test_a_failing_branch_of_a_conditional_space_fails_once_per_configuration_it_ran():
+    """adam crashes whatever the batch; momentum exists only for sgd. A failed adam run
+    excludes every candidate that agrees with what it held (any momentum), and its claim
+    holds no momentum."""
+    space = {
+        "opt": CategoricalDistribution(["adam", "sgd"]),
+        "momentum": CategoricalDistribution([0.0, 0.5, 0.9]),
+        "bs": CategoricalDistribution([8, 16]),
+    }
+
+    def objective(trial):
+        opt = trial.suggest_categorical("opt", ["adam", "sgd"])
+        m = trial.suggest_categorical("momentum", [0.0, 0.5, 0.9]) if opt == "sgd" else 0.0
+        bs = trial.suggest_categorical("bs", [8, 16])
+        if opt == "adam":
+            raise RuntimeError("adam crashes")
+        return m + bs / 16
+
+    for seed in (0, 1):
+        study = optuna.create_study(
+            direction="maximize", sampler=AutoPipeSampler(None, seed=seed, search_space=space)
+        )
+        study.optimize(objective, n_trials=8, catch=(RuntimeError,))
+        failed = [t for t in study.trials if t.state == TrialState.FAIL]
+        assert len(failed) <= 2, [t.params for t in failed]
+        assert len({config_key(t.params) for t in failed}) == len(failed)
+        for trial in failed:
+            assert json.loads(trial.user_attrs[CLAIM_ATTR])["momentum"] is None
+
+
+def test_when_every_run_failed_every_candidate_is_at_risk():
+    def objective(trial):
+        trial.suggest_categorical("bs", list(BS))
+        raise RuntimeError("the cluster is down")
+
+    study = optuna.create_study(sampler=AutoPipeSampler(None, seed=0))
+    study.optimize(objective, n_trials=3, catch=(RuntimeError,))
+    last = study.trials[-1].user_attrs
+    assert last["autopipe:failures"] == 2 and last["autopipe:failure_risk"] == pytest.approx(3 / 4)
+
+
 # --- 2. conditional spaces -------------------------------------------------------------------
 
 UNION = {
@@ -196,6 +237,24 @@ def conditional_prior() -> Prior:
     return fit_prior(corpus, grid=[TreeParams(n_estimators=20)], n_models=1)
 
 
+def test_a_branch_that_skips_a_parameter_the_prior_always_saw_is_not_an_error(prior):
+    """The prior always saw ``layers``; the objective skips it at the largest batch. The
+    study goes on (the parameter is inactive there), and a study that never suggests it
+    still gets the clear error."""
+
+    def objective(trial):
+        opt = trial.suggest_categorical("opt", list(OPT))
+        bs = trial.suggest_categorical("bs", list(BS))
+        layers = trial.suggest_categorical("layers", list(LAYERS)) if bs < 64 else 4
+        return (opt == "sgd") + layers / 8 + bs / 64
+
+    study = optuna.create_study(direction="maximize", sampler=AutoPipeSampler(prior, FEATURES))
+    study.enqueue_trial({"opt": "sgd", "bs": 64})
+    study.optimize(objective, n_trials=8)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert any("layers" not in t.params for t in study.trials)
+
+
 def test_a_prior_over_a_conditional_space_scores_each_branch(conditional_prior):
     assert conditional_prior.ranker.conditional == {"x", "y"}
     sampler = AutoPipeSampler(conditional_prior, FEATURES, seed=0, n_samples=256)
@@ -233,6 +292,9 @@ def _explains_what_ran(trial, scores) -> bool:
 
 
 def test_a_parameter_suggested_with_one_value_is_scored_with_that_value(prior):
+    """s(x) is the same whether a value is fixed by a single-valued suggestion, an enqueued
+    trial or a ``PartialFixedSampler``: standardised over the prior's own space."""
+    scores = _standardised_prior_scores(prior)
     sampler = AutoPipeSampler(prior, FEATURES, seed=0)
     study = optuna.create_study(direction="maximize", sampler=sampler)
 
@@ -247,6 +309,7 @@ def test_a_parameter_suggested_with_one_value_is_scored_with_that_value(prior):
     assert len({config_key(t.params) for t in study.trials}) == 6
     for trial in study.trials:
         assert _claim_describes_the_run(trial)
+        assert trial.user_attrs[PRIOR_SCORE_ATTR] == pytest.approx(scores[config_key(trial.params)])
 
 
 def test_a_partial_fixed_sampler_chooses_among_configurations_that_agree(prior):
