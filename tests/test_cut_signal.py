@@ -281,9 +281,9 @@ def test_a_group_of_one_run_is_scored_but_not_used_to_cross_fit():
     assert prior.regressor is not None and prior.regressor.uses_cut
 
 
-def test_early_stops_recorded_by_a_hook_without_a_regressor_are_observed_by_their_cut(prior):
-    """The hook given no ``regressor=`` records the dynamics but no proxy: the cut signal
-    needs only the dynamics, so those early stops still count."""
+def _early_stops_without_proxies(*, fraction: float) -> optuna.Study:
+    """Three early stops at ``fraction`` (``autopipe:fraction``) with dynamics and no proxy;
+    the best cut is trial 1's."""
     study = optuna.create_study(direction="maximize")
     for i, cut in enumerate([0.0, 2.0, 1.0]):
         study.add_trial(
@@ -292,12 +292,20 @@ def test_early_stops_recorded_by_a_hook_without_a_regressor_are_observed_by_thei
                 params={"x": 0.1 * (i + 1), "w": 0.5},
                 distributions=SPACE,
                 user_attrs={
-                    "fidelity": 0.5,
-                    STOP_STEP_ATTR: TOTAL // 2,
+                    "fidelity": fraction,
+                    FRACTION_ATTR: fraction,
+                    STOP_STEP_ATTR: round(TOTAL * fraction),
                     DYNAMICS_ATTR: _curve(70.0, cut, np.random.default_rng(1)).to_json(),
                 },
             )
         )
+    return study
+
+
+def test_early_stops_recorded_by_a_hook_without_a_regressor_are_observed_by_their_cut(prior):
+    """The hook given no ``regressor=`` records the dynamics but no proxy: the cut signal
+    needs only the dynamics, so those early stops still count."""
+    study = _early_stops_without_proxies(fraction=0.5)
     sampler = AutoPipeSampler(prior, {"size": 0.0}, seed=0, search_space=SPACE)
     assert len(sampler._observations(study.trials, SPACE, study.direction)) == 3
     assert sampler.recommend(study) == study.trials[1].params
@@ -314,22 +322,7 @@ def test_the_sampler_reads_the_cut_of_the_fraction_the_study_stopped_at():
     prior = fit_prior(corpus, grid=[TreeParams(n_estimators=30)], n_models=1, fractions=(0.25, 0.5))
     assert prior.fractions == [0.25, 0.5]
     sampler = AutoPipeSampler(prior, {"size": 0.0}, seed=0, search_space=SPACE)
-    study = optuna.create_study(direction="maximize")
-    for i, cut in enumerate([0.0, 2.0, 1.0]):
-        dynamics = _curve(70.0, cut, np.random.default_rng(1))
-        study.add_trial(
-            create_trial(
-                state=TrialState.PRUNED,
-                params={"x": 0.1 * (i + 1), "w": 0.5},
-                distributions=SPACE,
-                user_attrs={
-                    "fidelity": 0.25,
-                    FRACTION_ATTR: 0.25,
-                    STOP_STEP_ATTR: TOTAL // 4,
-                    DYNAMICS_ATTR: dynamics.to_json(),
-                },
-            )
-        )
+    study = _early_stops_without_proxies(fraction=0.25)
     signal, fraction = sampler._signal(study.trials)
     regressor = prior.regressor_for(0.25)
     assert fraction == 0.25

@@ -627,6 +627,22 @@ def _runs_with_dynamics(name: str, seed: int, n: int = 40) -> DatasetRuns:
     return DatasetRuns(name, "maximize", {"size": float(seed)}, configs, q + x, dynamics=dynamics)
 
 
+def _hooked_objective(prior, features, rng):
+    """x, w; a loss curve of quality w − 0.5 fed to the early-stop hook with the prior's
+    regressor; returns x."""
+
+    def objective(trial):
+        x, w = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("w", 0.0, 1.0)
+        hook = AutoPipeEarlyStop(trial, total_steps=20, regressor=prior.regressor, dataset=features)
+        for step, loss in enumerate(_losses(w - 0.5, rng), 1):
+            if hook.report(step, {"loss": float(loss)}):
+                break
+        hook.finish()
+        return x
+
+    return objective
+
+
 def test_the_early_stop_hook_turns_the_sampler_prior_score_into_a_proxy_the_gp_uses():
     """End to end: the sampler writes s(x) on the trial, the hook (residual regressor) reads
     it for autopipe:proxy = s(x) + r, and the next BO step's offset is the mean residual."""
@@ -645,16 +661,7 @@ def test_the_early_stop_hook_turns_the_sampler_prior_score_into_a_proxy_the_gp_u
         prior_weight="schedule",
     )
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    rng = np.random.default_rng(9)
-
-    def objective(trial):
-        x, w = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("w", 0.0, 1.0)
-        hook = AutoPipeEarlyStop(trial, total_steps=20, regressor=prior.regressor, dataset=features)
-        for step, loss in enumerate(_losses(w - 0.5, rng), 1):
-            if hook.report(step, {"loss": float(loss)}):
-                break
-        hook.finish()
-        return x
+    objective = _hooked_objective(prior, features, np.random.default_rng(9))
 
     study.optimize(objective, n_trials=4)
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 4
@@ -677,16 +684,7 @@ def test_an_enqueued_partial_configuration_gets_the_proxy_of_the_configuration_t
     features = {"size": 1.5}
     sampler = AutoPipeSampler(prior, features, seed=0, n_samples=256, search_space=space)
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    rng = np.random.default_rng(3)
-
-    def objective(trial):
-        x, w = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("w", 0.0, 1.0)
-        hook = AutoPipeEarlyStop(trial, total_steps=20, regressor=prior.regressor, dataset=features)
-        for step, loss in enumerate(_losses(w - 0.5, rng), 1):
-            if hook.report(step, {"loss": float(loss)}):
-                break
-        hook.finish()
-        return x
+    objective = _hooked_objective(prior, features, np.random.default_rng(3))
 
     study.optimize(objective, n_trials=2)
     study.enqueue_trial({"x": 0.25})
