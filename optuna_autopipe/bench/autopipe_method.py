@@ -20,7 +20,8 @@ search, as in ``offline``), cached per process.
   λ on a fixed schedule, warm start among the prior's best, one verification of
   ``recommend`` (15 × 0.25 + 1 = 4.75 full runs).
 - One option of ``autopipe`` changed: ``autopipe-fixed-lambda`` (λ on the paper's schedule),
-  ``autopipe-1v`` (no promotion: one verification of ``recommend``), ``autopipe-proxy``
+  ``autopipe-1v`` (no promotion: one verification of ``recommend``), ``autopipe-contrast``
+  (the warm start's probe among the prior's lowest decile), ``autopipe-proxy``
   (the regressor's proxies), ``autopipe-50``, ``autopipe-75`` (the cut at 50% / 75%),
   ``autopipe-full`` (``budget`` full-fidelity trials), ``no-residual`` (the GP models z),
   ``no-bo`` (the prior's top configurations in order), ``autopipe-belief-rec`` (with
@@ -131,6 +132,7 @@ register("autopipe")(autopipe())
 register("autopipe-paper")(autopipe(procedure="paper"))
 register("autopipe-fixed-lambda")(autopipe(prior_weight="schedule"))
 register("autopipe-1v")(autopipe(n_promote=0))
+register("autopipe-contrast")(autopipe(probe="contrast"))
 register("autopipe-proxy")(autopipe(early_stop_signal="proxy"))
 register("autopipe-50")(autopipe(fraction=0.5))
 register("autopipe-75")(autopipe(fraction=0.75))

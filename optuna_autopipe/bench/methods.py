@@ -123,6 +123,7 @@ _LAZY = {
             "autopipe-paper",
             "autopipe-fixed-lambda",
             "autopipe-1v",
+            "autopipe-contrast",
             "autopipe-proxy",
             "autopipe-50",
             "autopipe-75",
