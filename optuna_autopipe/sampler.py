@@ -160,11 +160,11 @@ class AutoPipeSampler(BaseSampler):
         n_startup: warm-start trials (diverse configurations among the prior's best).
         startup_pool: how many of the prior's best the warm start chooses among.
         startup_top: calibrated: the first trial is drawn among the prior's this many best.
-        probe: calibrated: the last warm-start trial, the probe λ is measured against.
-            ``"random"`` (default): a random free candidate anywhere; ``"contrast"``: a random
-            one among the prior's lowest-scored decile of free candidates, the most
-            informative point for the slope w (the warm start's first trials sit at the top
-            of the prior's order), at the price of one run the prior calls poor.
+        probe_pool: calibrated: the last warm-start trial, the probe λ is measured against,
+            is drawn at random among this share of the free candidates, the prior's lowest
+            scored: 1 (default) anywhere; smaller values put it further from the warm
+            start's first trials (at the top of the prior's order), which gives the slope w
+            more leverage, at the price of a run the prior calls poor.
         n_promote: early-stopped configurations ``promotion.promote_best`` runs at full
             fidelity after the early-stop phase (default: 3 calibrated, 0 paper).
         max_grid: a discrete space with at most this many points is enumerated.
@@ -208,7 +208,7 @@ class AutoPipeSampler(BaseSampler):
         n_startup: int = 3,
         startup_pool: int = 50,
         startup_top: int = 5,
-        probe: Literal["random", "contrast"] = "random",
+        probe_pool: float = 1.0,
         n_promote: int | None = None,
         max_grid: int = 100_000,
         n_samples: int = 2048,
@@ -266,9 +266,9 @@ class AutoPipeSampler(BaseSampler):
         self.n_startup = n_startup
         self.startup_pool = startup_pool
         self.startup_top = startup_top
-        if probe not in ("random", "contrast"):
-            raise ValueError(f"probe must be 'random' or 'contrast', got {probe!r}.")
-        self.probe = probe
+        if not 0.0 < probe_pool <= 1.0:
+            raise ValueError(f"probe_pool must be in (0, 1], got {probe_pool!r}.")
+        self.probe_pool = probe_pool
         self.n_promote = (3 if procedure == "calibrated" else 0) if n_promote is None else n_promote
         self.max_grid = max_grid
         self.n_samples = n_samples
@@ -888,8 +888,8 @@ class AutoPipeSampler(BaseSampler):
         ``startup_pool`` best free candidates (all when the prior is flat), the one farthest
         from everything tried, ties broken at random. Calibrated: the first trial takes one
         at random among the prior's ``startup_top`` best, and the last warm-start trial a
-        random free candidate anywhere, or among the prior's lowest decile (``probe``): the
-        probe the prior's weight is measured against."""
+        random free candidate among the prior's lowest ``probe_pool`` share (1: anywhere):
+        the probe the prior's weight is measured against."""
         pool = np.flatnonzero(free)
         ranked = pool[np.argsort(-prior[pool], kind="stable")] if prior.any() else pool
         score = np.full(len(prior), -np.inf)
@@ -898,8 +898,9 @@ class AutoPipeSampler(BaseSampler):
             score[rng.choice(ranked[: self.startup_top])] = 0.0
             return score
         if calibrated and self.n_startup >= 2 and t == self.n_startup - 1:
-            bottom = ranked[-max(1, len(ranked) // 10) :]
-            score[rng.choice(bottom if self.probe == "contrast" and prior.any() else pool)] = 0.0
+            if self.probe_pool < 1.0 and prior.any():
+                pool = ranked[-max(1, int(self.probe_pool * len(ranked) + 1e-9)) :]
+            score[rng.choice(pool)] = 0.0
             return score
         if prior.any():
             pool = ranked[: self.startup_pool]

@@ -155,11 +155,12 @@ def test_seeds_change_the_calibrated_warm_start_within_the_priors_best_and_the_p
 def test_a_contrast_probe_lands_in_the_priors_lowest_decile(prior):
     scores = dict(zip((config_key(c) for c in GRID), prior.score(GRID, {}), strict=True))
     for seed in range(4):
-        *tried, probe = _first_trials(prior, seed, probe="contrast")
-        free = [v for k, v in scores.items() if k not in tried]  # 18: the decile is 1
-        assert scores[probe] == pytest.approx(min(free))
-    with pytest.raises(ValueError, match="probe must be 'random' or 'contrast'"):
-        AutoPipeSampler(prior, {}, probe="bottom")
+        *tried, probe = _first_trials(prior, seed, probe_pool=0.1)
+        free = sorted(v for k, v in scores.items() if k not in tried)  # 18: the decile is 1
+        assert scores[probe] == pytest.approx(free[0])
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"probe_pool must be in \(0, 1\]"):
+            AutoPipeSampler(prior, {}, probe_pool=bad)
 
 
 # --- promotion ----------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ search, as in ``offline``), cached per process.
   ``recommend`` (15 × 0.25 + 1 = 4.75 full runs).
 - One option of ``autopipe`` changed: ``autopipe-fixed-lambda`` (λ on the paper's schedule),
   ``autopipe-1v`` (no promotion: one verification of ``recommend``), ``autopipe-contrast``
-  (the warm start's probe among the prior's lowest decile), ``autopipe-proxy``
+  and ``autopipe-lower-half`` (the warm start's probe among the prior's lowest decile /
+  half), ``autopipe-proxy``
   (the regressor's proxies), ``autopipe-50``, ``autopipe-75`` (the cut at 50% / 75%),
   ``autopipe-full`` (``budget`` full-fidelity trials), ``no-residual`` (the GP models z),
   ``no-bo`` (the prior's top configurations in order), ``autopipe-belief-rec`` (with
@@ -132,7 +133,8 @@ register("autopipe")(autopipe())
 register("autopipe-paper")(autopipe(procedure="paper"))
 register("autopipe-fixed-lambda")(autopipe(prior_weight="schedule"))
 register("autopipe-1v")(autopipe(n_promote=0))
-register("autopipe-contrast")(autopipe(probe="contrast"))
+register("autopipe-contrast")(autopipe(probe_pool=0.1))
+register("autopipe-lower-half")(autopipe(probe_pool=0.5))
 register("autopipe-proxy")(autopipe(early_stop_signal="proxy"))
 register("autopipe-50")(autopipe(fraction=0.5))
 register("autopipe-75")(autopipe(fraction=0.75))

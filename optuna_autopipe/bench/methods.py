@@ -124,6 +124,7 @@ _LAZY = {
             "autopipe-fixed-lambda",
             "autopipe-1v",
             "autopipe-contrast",
+            "autopipe-lower-half",
             "autopipe-proxy",
             "autopipe-50",
             "autopipe-75",
