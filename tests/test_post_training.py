@@ -17,6 +17,7 @@ from objectives.post_training.mini_corpus import MiniScale, generate
 from objectives.post_training.objective import (
     COST_ATTR,
     FAILURE_ATTR,
+    RL_FIDELITY_ATTR,
     SCORES_ATTR,
     PostTrainingObjective,
 )
@@ -79,6 +80,35 @@ def test_full_trial_runs_sft_grpo_and_lm_eval(files, tmp_path):
     record = json.loads((folder / "trial.json").read_text())
     assert record["params"] == TINY_CONFIG and record["scores"] == scores
     assert not (folder / "sft" / "model").exists() and not (folder / "rl" / "model").exists()
+
+
+def test_lower_rl_fidelities_are_evaluated_and_recorded(files, tmp_path):
+    study = optuna.create_study(direction="maximize", study_name="rl-fidelity")
+    objective = make_objective(
+        files, tmp_path, early_stop=None, rl_max_steps=2, rl_fidelities=(0.5, 0.0)
+    )
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.COMPLETE
+    fidelities = trial.user_attrs[RL_FIDELITY_ATTR]
+    assert list(fidelities) == ["0", "0.5", "1"]
+    assert fidelities["1"]["score"] == trial.value
+    assert fidelities["1"]["scores"] == trial.user_attrs[SCORES_ATTR]
+    assert fidelities["0"]["rl_seconds"] == 0.0
+    # the snapshot is taken after 1 of the 2 steps, before the end of training
+    assert 0.0 < fidelities["0.5"]["rl_seconds"] < fidelities["1"]["rl_seconds"]
+    for entry in fidelities.values():
+        assert set(entry["scores"]) == {"autopipe_test", "autopipe_hard"}
+        assert entry["eval_seconds"] > 0
+    # extra evaluations are not pipeline cost; their snapshots are removed
+    assert set(trial.user_attrs[COST_ATTR]) == {"sft", "rl", "eval"}
+    assert not list((tmp_path / "out" / "rl-fidelity").glob("trial-*/rl/rl-*"))
+
+
+@pytest.mark.parametrize("bad", [(1.0,), (-0.1,), (0.25, 1.5)])
+def test_rl_fidelities_outside_zero_one_are_refused(files, tmp_path, bad):
+    with pytest.raises(ValueError, match="rl_fidelities must be fractions in \\[0, 1\\)"):
+        make_objective(files, tmp_path, rl_fidelities=bad)
 
 
 def test_early_stop_at_half_of_sft_then_verified_by_resuming(files, tmp_path):

@@ -17,7 +17,16 @@ Output directory (``output_dir``)::
 
 User attrs written: ``cost`` (seconds, all stages), ``autopipe:cost`` (per stage: seconds,
 GPU-hours, peak memory in GB), ``autopipe:scores`` (accuracy per benchmark),
-``autopipe:failure`` (``{"stage", "kind", "reason"}``). A trial whose training runs out of
+``autopipe:failure`` (``{"stage", "kind", "reason"}``), and with ``rl_fidelities``
+``autopipe:rl_fidelity`` (below).
+
+Lower RL fidelities (``rl_fidelities``, e.g. ``(0.0, 0.25, 0.5)``): the model is also
+evaluated after SFT (0.0) and after ``ceil(f * steps)`` GRPO steps, and the trial records
+``autopipe:rl_fidelity = {"<f>": {"score", "scores", "rl_seconds", "eval_seconds"}}`` for
+each ``f`` and for 1 (the final model): the suite score, per-benchmark scores, GRPO seconds
+up to that step and the evaluation's seconds. A replay charges a run stopped at ``f`` its SFT
+seconds, ``rl_seconds`` and ``eval_seconds``. These extra evaluations are not in ``cost``,
+which is what the pipeline itself costs. A trial whose training runs out of
 memory, diverges (NaN loss) or crashes ends FAIL with the reason (the objective returns NaN,
 which Optuna records as a failed trial) and the study goes on.
 """
@@ -30,7 +39,7 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +64,7 @@ _ANSWER_LINE = re.compile(r"[ \t]*Answer:[ \t]*\S")
 
 COST_ATTR = "autopipe:cost"
 SCORES_ATTR = "autopipe:scores"
+RL_FIDELITY_ATTR = "autopipe:rl_fidelity"
 FAILURE_ATTR = "autopipe:failure"
 
 
@@ -149,6 +159,8 @@ class PostTrainingObjective:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``; ``max_device_batch`` caps per-device
             batches (the rest is gradient accumulation).
         rl_max_steps: cap on GRPO steps (default: one pass over the RL prompts).
+        rl_fidelities: fractions in [0, 1) of the GRPO steps after which the model is also
+            evaluated (0: after SFT), recorded in ``autopipe:rl_fidelity``.
         max_completion_length: GRPO completion length in tokens.
         max_length: SFT sequence length (default: the tokenizer's).
         seed: training seed (recorded on the trial).
@@ -169,6 +181,7 @@ class PostTrainingObjective:
         device: str = "auto",
         max_device_batch: int | None = None,
         rl_max_steps: int | None = None,
+        rl_fidelities: Sequence[float] = (),
         max_completion_length: int = 64,
         max_length: int | None = None,
         seed: int = 0,
@@ -193,6 +206,12 @@ class PostTrainingObjective:
         self.output_dir = Path(output_dir)
         self.hardware = Hardware.detect(device, max_device_batch)
         self.rl_max_steps = rl_max_steps
+        if any(not 0.0 <= f < 1.0 for f in rl_fidelities):
+            raise ValueError(
+                f"rl_fidelities must be fractions in [0, 1) (1, the final model, is always "
+                f"evaluated), got {tuple(rl_fidelities)}."
+            )
+        self.rl_fidelities = tuple(sorted(set(rl_fidelities)))
         self.max_completion_length = max_completion_length
         self.max_length = max_length
         self.seed = seed
@@ -251,8 +270,11 @@ class PostTrainingObjective:
             hook.finish()  # raises TrialPruned after an early stop or the study's pruner
             raise StageFailure("sft", "crashed", "training ended before its planned length")
         hook.write(fidelity=1.0)
+        fidelities: dict[str, dict[str, Any]] = {}
+        if 0.0 in self.rl_fidelities:
+            fidelities["0"] = self._evaluate(folder / "sft" / "model", rl_seconds=0.0)
         with ledger.stage("rl"):
-            run_grpo(
+            _, models = run_grpo(
                 model_dir=folder / "sft" / "model",
                 records=self.rl_records,
                 batch=config["rl_batch"],
@@ -265,13 +287,44 @@ class PostTrainingObjective:
                 seed=self.seed,
                 max_completion_length=self.max_completion_length,
                 max_steps=self.rl_max_steps,
+                snapshots=[f for f in self.rl_fidelities if f > 0],
             )
         with ledger.stage("eval"):
             model, tokenizer = load_model(str(folder / "rl" / "model"), self.hardware)
             scores = evaluate(model, tokenizer, self.eval_suite, device=self.hardware.device)
         trial.set_user_attr(SCORES_ATTR, scores)
         record["scores"] = scores
-        return suite_score(scores, self.eval_suite.benchmarks)
+        value = suite_score(scores, self.eval_suite.benchmarks)
+        if self.rl_fidelities:
+            for fraction, (path, seconds) in sorted(models.items()):
+                if fraction < 1.0:
+                    fidelities[f"{fraction:g}"] = self._evaluate(path, rl_seconds=seconds)
+                    shutil.rmtree(path, ignore_errors=True)
+            fidelities["1"] = {
+                "score": value,
+                "scores": scores,
+                "rl_seconds": round(models[1.0][1], 3),
+                "eval_seconds": ledger.stages["eval"]["seconds"],
+            }
+            trial.set_user_attr(RL_FIDELITY_ATTR, fidelities)
+            record["rl_fidelity"] = fidelities
+        return value
+
+    def _evaluate(self, model_dir: Path, *, rl_seconds: float) -> dict[str, Any]:
+        """One ``autopipe:rl_fidelity`` entry: the suite's scores of the model in
+        ``model_dir``, with the GRPO seconds before it and the evaluation's own seconds."""
+        started = time.perf_counter()
+        try:
+            model, tokenizer = load_model(str(model_dir), self.hardware)
+            scores = evaluate(model, tokenizer, self.eval_suite, device=self.hardware.device)
+        except Exception as exc:
+            raise StageFailure("eval", "crashed", f"{type(exc).__name__}: {exc}") from exc
+        return {
+            "score": suite_score(scores, self.eval_suite.benchmarks),
+            "scores": scores,
+            "rl_seconds": round(rl_seconds, 3),
+            "eval_seconds": round(time.perf_counter() - started, 3),
+        }
 
     def _close(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,33 @@ def rl_prompts(records: Sequence[dict[str, str]], seed: int) -> list[dict[str, A
     ]
 
 
+def _snapshot_callback(
+    fractions: Sequence[float], output_dir: Path, saved: dict[float, tuple[Path, float]]
+) -> Any:
+    """A ``TrainerCallback`` that saves the model (and tokenizer) after ``ceil(f * max_steps)``
+    steps for each fraction ``f`` to ``output_dir / "rl-<f>"``, and records there in ``saved``
+    the folder and the training seconds spent up to that step."""
+    from transformers import TrainerCallback
+
+    at: dict[int, list[float]] = {}
+    started = [0.0]
+
+    class SnapshotCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            started[0] = time.perf_counter()
+            for f in fractions:
+                at.setdefault(max(1, math.ceil(f * state.max_steps)), []).append(f)
+
+        def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            for f in at.get(state.global_step, ()):
+                folder = output_dir / f"rl-{f:g}"
+                kwargs["model"].save_pretrained(str(folder))
+                kwargs["processing_class"].save_pretrained(str(folder))
+                saved[f] = (folder, time.perf_counter() - started[0])
+
+    return SnapshotCallback()
+
+
 def run_grpo(
     *,
     model_dir: Path,
@@ -198,10 +226,18 @@ def run_grpo(
     seed: int,
     max_completion_length: int,
     max_steps: int | None = None,
-) -> Any:
+    snapshots: Sequence[float] = (),
+) -> tuple[Any, dict[float, tuple[Path, float]]]:
     """GRPO (Dr. GRPO loss, unscaled rewards) on ``{"prompt", "answer"}`` records, one epoch
     of prompts (``batch / rollouts`` prompts per step) or ``max_steps``; reward =
-    format reward + exact-match accuracy. Saves the model to ``output_dir / "model"``."""
+    format reward + exact-match accuracy. Saves the model to ``output_dir / "model"``.
+
+    ``snapshots``: fractions in (0, 1) of the planned steps after which the model is also
+    saved (lower RL fidelities, for multi-fidelity baselines). Returns (trainer, {fraction:
+    (model folder, training seconds up to it)}), the final model at fraction 1.
+    """
+    if any(not 0.0 < f < 1.0 for f in snapshots):
+        raise ValueError(f"snapshots must be fractions in (0, 1), got {tuple(snapshots)}.")
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -221,13 +257,17 @@ def run_grpo(
         scale_rewards="none",
     )
     model, tokenizer = load_model(str(model_dir), hardware)
+    saved: dict[float, tuple[Path, float]] = {}
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=[format_reward, accuracy_reward],
         args=config,
         train_dataset=Dataset.from_list(rl_prompts(records, seed)),
         processing_class=tokenizer,
+        callbacks=[_snapshot_callback(snapshots, output_dir, saved)],
     )
+    started = time.perf_counter()
     _train(trainer, "GRPO")
+    seconds = time.perf_counter() - started
     trainer.save_model(str(output_dir / "model"))  # the tokenizer too (processing_class)
-    return trainer
+    return trainer, {**saved, 1.0: (output_dir / "model", seconds)}
