@@ -69,6 +69,13 @@ def test_no_format_means_no_answer_and_no_reward(text):
     assert accuracy_reward([text], answer=["42"]) == [0.0]
 
 
+@pytest.mark.parametrize("text", ["Answer::::::", "#### ...", "[[?!]]", "Answer: \\boxed{-}"])
+def test_a_format_holding_only_punctuation_earns_no_format_reward(text):
+    # GRPO on the tiny models collapsed to "Answer:::..." when this earned the format reward
+    assert format_reward([text]) == [0.0]
+    assert accuracy_reward([text], answer=["42"]) == [0.0]
+
+
 def test_rewards_take_strings_and_chat_messages():
     right, wrong = "7 + 5 = 12.\nAnswer: 12", "7 + 5 = 13.\n\\boxed{13}"
     chat = [[{"role": "assistant", "content": c}] for c in (right, wrong, "no idea")]
