@@ -147,17 +147,25 @@ def test_seeds_change_the_calibrated_warm_start_within_the_priors_best_and_the_p
     runs = [_first_trials(prior, seed) for seed in range(8)]
     assert all(run[0] in best5 for run in runs)
     assert len({run[0] for run in runs}) >= 2  # replicates differ where the prior is unsure
-    assert len({run[2] for run in runs}) >= 4  # the probe: anywhere in the space
+    assert len({run[2] for run in runs}) >= 4  # the probe: at random in the prior's lower half
     paper = {tuple(_first_trials(prior, seed, procedure="paper")) for seed in range(3)}
     assert {run[0] for run in paper} == {config_key(GRID[top[0]])}  # the paper: argmax
 
 
-def test_a_contrast_probe_lands_in_the_priors_lowest_decile(prior):
+def test_the_probe_lands_in_the_share_of_the_prior_probe_pool_names(prior):
     scores = dict(zip((config_key(c) for c in GRID), prior.score(GRID, {}), strict=True))
-    for seed in range(4):
+    upper = []
+    for seed in range(8):
         *tried, probe = _first_trials(prior, seed, probe_pool=0.1)
         free = sorted(v for k, v in scores.items() if k not in tried)  # 18: the decile is 1
         assert scores[probe] == pytest.approx(free[0])
+        *tried, probe = _first_trials(prior, seed)  # the default: the lower half
+        free = sorted(v for k, v in scores.items() if k not in tried)
+        assert scores[probe] <= free[len(free) // 2 - 1] + 1e-12
+        *tried, probe = _first_trials(prior, seed, probe_pool=1.0)
+        free = sorted(v for k, v in scores.items() if k not in tried)
+        upper.append(scores[probe] > free[len(free) // 2 - 1])
+    assert any(upper)  # probe_pool=1: anywhere, the upper half too
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match=r"probe_pool must be in \(0, 1\]"):
             AutoPipeSampler(prior, {}, probe_pool=bad)

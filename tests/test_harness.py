@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 
 from objectives import data_root
 from optuna_autopipe.bench.harness import BenchSpec, outcome, run_bench
-from optuna_autopipe.bench.methods import Context, get_method
+from optuna_autopipe.bench.methods import REVISIONS, Context, get_method
 from optuna_autopipe.bench.offline_method import offline_ranker
 from optuna_autopipe.bench.prior_noise import distort
 from optuna_autopipe.bench.report import COLUMNS
@@ -125,6 +125,20 @@ def test_a_second_run_resumes_without_redoing_studies(small_run):
         .drop(columns="selected")
         .equals(pd.read_csv(outputs.results).drop(columns="selected"))
     )
+
+
+def test_studies_of_an_earlier_method_revision_are_refused_not_reused(small_run, monkeypatch):
+    spec, _ = small_run
+    storage = optuna.storages.get_storage(spec.storage_url)
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    assert summaries["nmt/ted-ru-en/tpe/seed0"].user_attrs["bench"]["revision"] == 1
+    monkeypatch.setitem(REVISIONS, "tpe", 2)  # as if tpe's defaults had changed
+    with pytest.raises(ValueError, match=r"4 finished studies .* earlier revision .* new --storage"):
+        run_bench(spec)
+    after = optuna.get_all_study_summaries(storage)
+    assert {s.study_name: s._study_id for s in after} == {
+        name: s._study_id for name, s in summaries.items()
+    }  # nothing deleted or rewritten
 
 
 def test_lcbench_end_to_end_maximises(tmp_path):

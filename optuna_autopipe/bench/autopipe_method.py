@@ -21,8 +21,8 @@ search, as in ``offline``), cached per process.
   ``recommend`` (15 × 0.25 + 1 = 4.75 full runs).
 - One option of ``autopipe`` changed: ``autopipe-fixed-lambda`` (λ on the paper's schedule),
   ``autopipe-1v`` (no promotion: one verification of ``recommend``), ``autopipe-contrast``
-  and ``autopipe-lower-half`` (the warm start's probe among the prior's lowest decile /
-  half), ``autopipe-proxy``
+  and ``autopipe-probe-anywhere`` (the warm start's probe among the prior's lowest decile /
+  anywhere, the default being its lower half), ``autopipe-proxy``
   (the regressor's proxies), ``autopipe-50``, ``autopipe-75`` (the cut at 50% / 75%),
   ``autopipe-full`` (``budget`` full-fidelity trials), ``no-residual`` (the GP models z),
   ``no-bo`` (the prior's top configurations in order), ``autopipe-belief-rec`` (with
@@ -129,17 +129,19 @@ def autopipe(
     return run
 
 
-register("autopipe")(autopipe())
+# Revision 2 (2026-11-30): the calibrated warm start's probe among the prior's lower half
+# (``probe_pool=0.5``; revision 1 drew it anywhere, now ``autopipe-probe-anywhere``).
+register("autopipe", revision=2)(autopipe())
 register("autopipe-paper")(autopipe(procedure="paper"))
-register("autopipe-fixed-lambda")(autopipe(prior_weight="schedule"))
-register("autopipe-1v")(autopipe(n_promote=0))
+register("autopipe-fixed-lambda", revision=2)(autopipe(prior_weight="schedule"))
+register("autopipe-1v", revision=2)(autopipe(n_promote=0))
 register("autopipe-contrast")(autopipe(probe_pool=0.1))
-register("autopipe-lower-half")(autopipe(probe_pool=0.5))
-register("autopipe-proxy")(autopipe(early_stop_signal="proxy"))
-register("autopipe-50")(autopipe(fraction=0.5))
-register("autopipe-75")(autopipe(fraction=0.75))
-register("autopipe-full")(autopipe(fraction=None))
-register("no-residual")(autopipe(residual=False))
+register("autopipe-probe-anywhere")(autopipe(probe_pool=1.0))
+register("autopipe-proxy", revision=2)(autopipe(early_stop_signal="proxy"))
+register("autopipe-50", revision=2)(autopipe(fraction=0.5))
+register("autopipe-75", revision=2)(autopipe(fraction=0.75))
+register("autopipe-full", revision=2)(autopipe(fraction=None))
+register("no-residual", revision=2)(autopipe(residual=False))
 register("no-bo")(autopipe(bo=False))
 register("no-offline")(autopipe(offline=False))
-register("autopipe-belief-rec")(autopipe(n_promote=0, recommend="belief"))
+register("autopipe-belief-rec", revision=2)(autopipe(n_promote=0, recommend="belief"))

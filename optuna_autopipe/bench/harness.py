@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from objectives.registry import Benchmark, Protocol, load_benchmark
 from objectives.replay import stable_seed
-from optuna_autopipe.bench.methods import PROTOCOL_FREE, Context, get_method
+from optuna_autopipe.bench.methods import PROTOCOL_FREE, Context, get_method, method_revision
 from optuna_autopipe.bench.prior_noise import check_mode
 from optuna_autopipe.bench.report import Outputs, write_outputs
 
@@ -99,11 +99,7 @@ def run_bench(spec: BenchSpec) -> Outputs:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.get_storage(spec.storage_url)
     jobs = [Job(spec, d, m, s) for d in datasets for m in spec.methods for s in range(spec.seeds)]
-    done = {
-        s.study_name
-        for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-        if "bench" in s.user_attrs
-    }
+    done = _finished(storage, jobs)
     todo = [job for job in jobs if job.study_name not in done]
     started = time.perf_counter()
     with (
@@ -121,6 +117,35 @@ def run_bench(spec: BenchSpec) -> Outputs:
                 bar.update()
     wall = time.perf_counter() - started
     return write_outputs(storage, benchmark, jobs, spec, wall_seconds=wall)
+
+
+def _finished(storage: optuna.storages.BaseStorage, jobs: list[Job]) -> set[str]:
+    """Names of the jobs' studies already finished in ``storage``.
+
+    Raises:
+        ValueError: a finished study was run by an older revision of its method (its results
+            describe another method); names the studies and the fix.
+    """
+    wanted = {job.study_name: job.method for job in jobs}
+    done, stale = set(), []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        record = summary.user_attrs.get("bench")
+        if record is None or summary.study_name not in wanted:
+            continue
+        done.add(summary.study_name)
+        method, stored = wanted[summary.study_name], record.get("revision", 1)
+        if stored != method_revision(method):
+            stale.append((summary.study_name, method, stored))
+    if stale:
+        name, method, stored = stale[0]
+        raise ValueError(
+            f"{len(stale)} finished studies in this storage were run by an earlier revision of "
+            f"their method, e.g. {name} (revision {stored}; {method!r} is now at revision "
+            f"{method_revision(method)}): read as current, they would report another method's "
+            "results. Use a new --storage, or delete those studies (optuna delete-study "
+            "--study-name NAME --storage URL) to rerun them."
+        )
+    return done
 
 
 @contextlib.contextmanager
@@ -237,4 +262,4 @@ def _store(
         ("seed", job.seed),
     ):
         study.set_user_attr(key, value)
-    study.set_user_attr("bench", record)
+    study.set_user_attr("bench", {**record, "revision": method_revision(job.method)})

@@ -90,6 +90,10 @@ class Context:
 
 Method = Callable[[Context], optuna.Study]
 METHODS: dict[str, Method] = {}
+#: The revision of each method's behaviour (1 unless registered otherwise). A method's
+#: revision goes up when a change of its defaults makes its stored studies describe another
+#: method; the harness refuses to read studies of an older revision as current.
+REVISIONS: dict[str, int] = {}
 #: Methods that learn nothing from other datasets: their studies are the same under every
 #: protocol and prior noise, so the harness runs them once (under the ``grouped`` name) and
 #: every setting reads those studies.
@@ -98,14 +102,22 @@ PROTOCOL_FREE = frozenset(
 )
 
 
-def register(name: str) -> Callable[[Method], Method]:
-    """Register a method under ``name`` (used by ``autopipe bench --methods``)."""
+def register(name: str, *, revision: int = 1) -> Callable[[Method], Method]:
+    """Register a method under ``name`` (used by ``autopipe bench --methods``) at
+    ``revision`` (see ``REVISIONS``)."""
 
     def add(method: Method) -> Method:
         METHODS[name] = method
+        REVISIONS[name] = revision
         return method
 
     return add
+
+
+def method_revision(name: str) -> int:
+    """The current revision of method ``name`` (``REVISIONS``)."""
+    get_method(name)
+    return REVISIONS.get(name, 1)
 
 
 #: Methods registered by their own modules, imported on first use (optional dependencies).
@@ -124,7 +136,7 @@ _LAZY = {
             "autopipe-fixed-lambda",
             "autopipe-1v",
             "autopipe-contrast",
-            "autopipe-lower-half",
+            "autopipe-probe-anywhere",
             "autopipe-proxy",
             "autopipe-50",
             "autopipe-75",
