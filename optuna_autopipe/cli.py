@@ -52,9 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="leave-one-dataset-out benchmark on recorded data")
     _bench_arguments(bench, out_default=None)
     bench.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
-    bench.add_argument("--methods", type=_methods, default=_methods(DEFAULT_METHODS))
-    bench.add_argument("--budget", type=_positive, default=15)
-    bench.add_argument("--seeds", type=_positive, default=5)
+    bench.add_argument(
+        "--methods",
+        type=_methods,
+        default=_methods(DEFAULT_METHODS),
+        help=f"comma-separated method names (default {DEFAULT_METHODS})",
+    )
+    bench.add_argument(
+        "--budget", type=_positive, default=15, help="trials per study, in full-run equivalents"
+    )
+    bench.add_argument("--seeds", type=_positive, default=5, help="seeds 0..N-1 per method")
 
     demo = commands.add_parser(
         "demo", help="AutoPipe vs TPE, live, with the real pipeline (the README's main job)"
@@ -178,7 +185,12 @@ def _bench_arguments(parser: argparse.ArgumentParser, *, out_default: str | None
         "(inverted) or replaced by a fixed random score per configuration (shuffled)",
     )
     parser.add_argument("--noise-sd", type=float, default=1.0, help="LCBench observation noise")
-    parser.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: one per CPU)",
+    )
 
 
 def _fractions(text: str) -> tuple[float, ...]:

@@ -133,7 +133,8 @@ def test_studies_of_an_earlier_method_revision_are_refused_not_reused(small_run,
     summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     assert summaries["nmt/ted-ru-en/tpe/seed0"].user_attrs["bench"]["revision"] == 1
     monkeypatch.setitem(REVISIONS, "tpe", 2)  # as if tpe's defaults had changed
-    with pytest.raises(ValueError, match=r"4 finished studies .* revision .* new --storage"):
+    stale = r"(?s)4 finished studies .*tpe/seed0: revision 1, 'tpe' is at 2.* new --storage"
+    with pytest.raises(ValueError, match=stale):
         run_bench(spec)
     after = optuna.get_all_study_summaries(storage)
     assert {s.study_name: s._study_id for s in after} == {
@@ -161,6 +162,10 @@ def test_lcbench_end_to_end_maximises(tmp_path):
     [
         (["bench", "--benchmark", "mnist", "--out", "X"], "invalid choice: 'mnist'"),
         (["bench", "--benchmark", "nmt", "--methods", "hyperopt", "--out", "X"], "hyperopt"),
+        (
+            ["bench", "--benchmark", "nmt", "--methods", "autopipe-lower-half", "--out", "X"],
+            "'autopipe-lower-half' is now 'autopipe'",
+        ),
         (
             ["bench", "--benchmark", "nmt", "--methods", "tpe", "--out", "X", "--datasets", "x"],
             "'x'",

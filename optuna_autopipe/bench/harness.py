@@ -95,11 +95,13 @@ def run_bench(spec: BenchSpec) -> Outputs:
     datasets = list(spec.datasets or [t.name for t in benchmark.tasks])
     for dataset in datasets:
         benchmark.offline(dataset, spec.protocol, sources=spec.sources)  # names a bad setting
-    spec.out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if spec.storage is None:  # the default storage lives in the output folder
+        spec.out.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.get_storage(spec.storage_url)
     jobs = [Job(spec, d, m, s) for d in datasets for m in spec.methods for s in range(spec.seeds)]
     done = _finished(storage, jobs)
+    spec.out.mkdir(parents=True, exist_ok=True)
     todo = [job for job in jobs if job.study_name not in done]
     started = time.perf_counter()
     with (
@@ -137,13 +139,16 @@ def _finished(storage: optuna.storages.BaseStorage, jobs: list[Job]) -> set[str]
         if stored != method_revision(method):
             stale.append((summary.study_name, method, stored))
     if stale:
-        name, method, stored = stale[0]
+        listed = "\n".join(
+            f"  {name}: revision {stored}, {method!r} is at {method_revision(method)}"
+            for name, method, stored in stale[:10]
+        )
+        more = f"\n  ... and {len(stale) - 10} more" if len(stale) > 10 else ""
         raise ValueError(
-            f"{len(stale)} finished studies in this storage were run by an earlier revision of "
-            f"their method, e.g. {name} (revision {stored}; {method!r} is now at revision "
-            f"{method_revision(method)}): read as current, they would report another method's "
-            "results. Use a new --storage, or delete those studies (optuna delete-study "
-            "--study-name NAME --storage URL) to rerun them."
+            f"{len(stale)} finished {'study' if len(stale) == 1 else 'studies'} in this storage "
+            f"were run by another revision of their method:\n{listed}{more}\nRead as current, "
+            "they would report another method's results. Use a new --storage, or delete those "
+            "studies (optuna delete-study --study-name NAME --storage URL) to rerun them."
         )
     return done
 

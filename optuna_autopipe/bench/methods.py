@@ -94,6 +94,10 @@ METHODS: dict[str, Method] = {}
 #: revision goes up when a change of its defaults makes its stored studies describe another
 #: method; the harness refuses to read studies of an older revision as current.
 REVISIONS: dict[str, int] = {}
+#: Method names that went away, and where their behaviour lives now.
+RENAMED = {
+    "autopipe-lower-half": "'autopipe' (its default since revision 2, 2026-11-30)",
+}
 #: Methods that learn nothing from other datasets: their studies are the same under every
 #: protocol and prior noise, so the harness runs them once (under the ``grouped`` name) and
 #: every setting reads those studies.
@@ -160,6 +164,8 @@ def get_method(name: str) -> Method:
                 f"pip install 'optuna-autopipe[{requirement}]'."
             )
         importlib.import_module(module)
+    if name in RENAMED:
+        raise ValueError(f"Method {name!r} is now {RENAMED[name]}.")
     if name not in METHODS:
         raise ValueError(f"Unknown method {name!r}; choose from {sorted({*METHODS, *_LAZY})}.")
     return METHODS[name]
