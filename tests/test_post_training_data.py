@@ -23,7 +23,7 @@ from objectives.post_training.rewards import (
     completion_text,
     format_reward,
 )
-from objectives.post_training.tasks import TASKS, Example, read_jsonl, write_dataset
+from objectives.post_training.tasks import TASKS, Example, Teacher, read_jsonl, write_dataset
 
 
 @pytest.mark.parametrize("fmt", ANSWER_FORMATS, ids=lambda f: f.name)
@@ -200,6 +200,43 @@ def test_write_dataset_rejects_bad_arguments(tmp_path):
         write_dataset("compare", tmp_path, n_eval=0)
     with pytest.raises(ValueError, match="difficulty"):
         write_dataset("compare", tmp_path, difficulty=-1)
+
+
+def test_a_mixture_draws_from_each_of_its_tasks(tmp_path):
+    files = write_dataset(("compare", "yesno"), tmp_path, n_sft=200, n_rl=8, n_eval=20)
+    prompts = [r["prompt"] for r in read_jsonl(files.sft, kind="SFT", required=("prompt",))]
+    compare = sum(p.startswith("Which option") for p in prompts)
+    assert 60 < compare < 140 and sum(p.startswith("Is ") for p in prompts) == 200 - compare
+    with pytest.raises(ValueError, match="at least one task"):
+        write_dataset((), tmp_path)
+
+
+def test_an_imperfect_teacher_swaps_sft_answers_only(tmp_path):
+    teacher = Teacher(swaps={"A": "B"}, error=0.7)
+    right = write_dataset("compare", tmp_path / "r", n_sft=600, n_rl=50, n_eval=50, difficulty=0)
+    wrong = write_dataset(
+        "compare", tmp_path / "w", n_sft=600, n_rl=50, n_eval=50, difficulty=0, teacher=teacher
+    )
+    required = ("prompt", "completion")
+    pairs = list(
+        zip(
+            read_jsonl(right.sft, kind="SFT", required=required),
+            read_jsonl(wrong.sft, kind="SFT", required=required),
+            strict=True,
+        )
+    )
+    assert all(r["prompt"] == w["prompt"] for r, w in pairs)
+    gold_a = [(r, w) for r, w in pairs if r["completion"].endswith("Answer: A")]
+    swapped = sum(w["completion"].endswith("Answer: B") for _, w in gold_a)
+    assert 0.6 < swapped / len(gold_a) < 0.8  # error 0.7 on the examples whose answer is A
+    others = [(r, w) for r, w in pairs if not r["completion"].endswith("Answer: A")]
+    assert all(r == w for r, w in others)
+    for split in ("rl", "eval"):  # RL and evaluation keep the gold answers
+        paths = (right.rl, wrong.rl) if split == "rl" else (right.eval[0], wrong.eval[0])
+        assert paths[0].read_text() == paths[1].read_text()
+    for bad, match in (({"A": "B"}, 1.5), ({}, 0.5), ({"A": "A"}, 0.5)):
+        with pytest.raises(ValueError, match="(?i)teacher"):
+            Teacher(swaps=bad, error=match)
 
 
 def test_read_jsonl_names_the_problem(tmp_path):

@@ -18,6 +18,10 @@ level 3) with a small vocabulary, for byte-level BPE models with 256 positions. 
   three to five terms shown (level 0: rising by 1-9; 1: 2-digit terms, steps +-2..19;
   2: 3-digit terms, steps +-11..99; 3+: 4-digit terms, steps +-11..199)
 
+A dataset may mix tasks (``write_dataset(("compare", "yesno"), ...)``: each example's task drawn
+uniformly) and may come from an imperfect teacher (``Teacher``): a systematic answer swap in
+some SFT completions, which SFT learns and the accuracy reward of RL can correct.
+
 Files (``write_dataset``): ``sft.jsonl`` records ``{"prompt", "completion"}`` with completion
 ``"<reasoning>\\nAnswer: <answer>"``; ``rl.jsonl`` and the eval benchmarks
 ``eval/test.jsonl`` (same level) and ``eval/hard.jsonl`` (level + 1; the same two names for every
@@ -30,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,31 @@ class TaskSpec:
     name: str
     style: str
     make: Callable[[random.Random, int], Example]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Teacher:
+    """An imperfect SFT teacher: for an example whose gold answer is a key of ``swaps``, with
+    probability ``error`` its completion ends with ``Answer: swaps[gold]`` (the reasoning stays
+    right). RL prompts and evaluation keep the gold answers."""
+
+    swaps: Mapping[str, str]
+    error: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.error <= 1.0:
+            raise ValueError(f"Teacher error must be in [0, 1], got {self.error!r}.")
+        if self.error > 0 and not self.swaps:
+            raise ValueError("A teacher with error > 0 needs swaps, e.g. {'A': 'B'}.")
+        if any(wrong == gold for gold, wrong in self.swaps.items()):
+            raise ValueError(f"Teacher swaps must change the answer, got {dict(self.swaps)}.")
+
+    def teach(self, example: Example, rng: random.Random) -> Example:
+        """The completion this teacher writes for ``example`` (``rng`` decides the errors)."""
+        wrong = self.swaps.get(example.answer)
+        if wrong is None or rng.random() >= self.error:
+            return example
+        return Example(example.prompt, example.reasoning, wrong)
 
 
 @dataclass(frozen=True)
@@ -218,8 +247,23 @@ def _write_jsonl(path: Path, records: Iterable[dict[str, str]]) -> Path:
     return path
 
 
+def mixture(tasks: Sequence[str]) -> TaskSpec:
+    """A task drawing each example from one of ``tasks``, uniformly (one task: itself)."""
+    if not tasks:
+        raise ValueError(f"A dataset needs at least one task; choose from {sorted(TASKS)}.")
+    for task in tasks:
+        if task not in TASKS:
+            raise ValueError(f"Unknown task {task!r}; choose from {sorted(TASKS)}.")
+    specs = [TASKS[t] for t in tasks]
+    if len(specs) == 1:
+        return specs[0]
+    return TaskSpec(
+        "+".join(tasks), "mixture", lambda rng, level: rng.choice(specs).make(rng, level)
+    )
+
+
 def write_dataset(
-    task: str,
+    task: str | Sequence[str],
     out_dir: str | Path,
     *,
     n_sft: int = 512,
@@ -227,28 +271,32 @@ def write_dataset(
     n_eval: int = 100,
     difficulty: int = 1,
     seed: int = 0,
+    teacher: Teacher | None = None,
 ) -> DatasetFiles:
     """Write ``task``'s SFT, RL and two eval files (module docstring) under ``out_dir``.
 
-    Each split has its own random stream derived from ``seed``; eval prompts are distinct and
-    appear neither in the SFT nor in the RL prompts.
+    ``task``: a task name or several (a mixture, ``mixture``). Each split has its own random
+    stream derived from ``seed``; eval prompts are distinct and appear neither in the SFT nor
+    in the RL prompts. ``teacher`` writes the SFT completions (default: always right).
     """
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}.")
+    spec = mixture([task] if isinstance(task, str) else list(task))
     if min(n_sft, n_rl, n_eval) < 1:
         raise ValueError(f"n_sft, n_rl and n_eval must be >= 1, got {n_sft}, {n_rl}, {n_eval}.")
     if difficulty < 0:
         raise ValueError(f"difficulty must be >= 0, got {difficulty}.")
-    spec, out = TASKS[task], Path(out_dir)
+    out = Path(out_dir)
 
     def rng(split: str) -> random.Random:
-        return random.Random(f"{task}/{split}/{seed}")
+        return random.Random(f"{spec.name}/{split}/{seed}")
 
     sft = _draw(spec, rng("sft"), difficulty, n_sft)
     rl = _draw(spec, rng("rl"), difficulty, n_rl)
     seen = {e.prompt for e in sft + rl}
     test = _draw(spec, rng("test"), difficulty, n_eval, seen)
     hard = _draw(spec, rng("hard"), difficulty + 1, n_eval, seen)
+    if teacher is not None:
+        errors = rng("teacher")
+        sft = [teacher.teach(e, errors) for e in sft]
     return DatasetFiles(
         sft=_write_jsonl(
             out / "sft.jsonl", ({"prompt": e.prompt, "completion": e.completion} for e in sft)
