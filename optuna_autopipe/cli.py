@@ -74,12 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     corpus_commands = corpus.add_subparsers(dest="corpus_command", required=True)
     generate = corpus_commands.add_parser("generate", help="run (or resume) the generation")
     generate.add_argument("--out", required=True)
+    generate.add_argument("--corpus", choices=("v1", "v2"), default="v1", help="which corpus")
     generate.add_argument("--runs", type=_positive, default=48, help="runs per dataset")
     generate.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
     generate.add_argument("--datasets", type=_methods, default=None, help="comma-separated")
     generate.add_argument("--seed", type=int, default=0)
     summary = corpus_commands.add_parser("report", help="score spread, importances, seed spread")
     summary.add_argument("--out", required=True, help="the generation's folder")
+    summary.add_argument("--corpus", choices=("v1", "v2"), default="v1", help="which corpus")
     summary.add_argument("--datasets", type=_methods, default=None, help="comma-separated")
     summary.add_argument(
         "--seed-spread", default=None, help="first re-run 3 configurations of this dataset"
@@ -282,18 +284,22 @@ def _fit_prior(args: argparse.Namespace) -> int:
 
 def _generate_corpus(args: argparse.Namespace) -> int:
     from objectives.post_training.corpus_report import report, seed_spread
-    from objectives.post_training.mini_corpus import CORPUS_DATASETS, generate
+    from objectives.post_training.mini_corpus import CORPORA, generate
 
-    datasets = args.datasets or CORPUS_DATASETS
+    corpus = CORPORA[args.corpus]
+    datasets = args.datasets or [d.name for d in corpus.datasets]
+    for name in datasets:
+        corpus.dataset(name)  # names the corpus's datasets when one is unknown
     if args.corpus_command == "report":
         if args.seed_spread:
-            seed_spread(args.out, args.seed_spread)
+            seed_spread(args.out, args.seed_spread, corpus=corpus)
         text = report(args.out, datasets)
         (Path(args.out) / "report.md").write_text(text + "\n")
         print(text)
         return 0
     path = generate(
         args.out,
+        corpus=corpus,
         runs=args.runs,
         workers=args.workers,
         datasets=datasets,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -13,7 +14,7 @@ from tiny_pipeline import TINY_CONFIG
 
 from objectives.post_training import objective as objective_module
 from objectives.post_training.evaluation import EvalSuite
-from objectives.post_training.mini_corpus import MiniScale, generate
+from objectives.post_training.mini_corpus import V2, MiniScale, generate, journal
 from objectives.post_training.objective import (
     COST_ATTR,
     FAILURE_ATTR,
@@ -191,14 +192,30 @@ def test_effective_batch_is_split_into_accumulation():
     assert hardware.split_batch(64, multiple_of=16) == (16, 4)
 
 
-def test_corpus_generation_resumes(tmp_path):
-    scale = MiniScale(n_sft=24, n_rl=8, n_eval=5, rl_max_steps=1, max_completion_length=8)
+def test_corpus_generation_resumes_and_records_rl_fidelities(tmp_path):
+    scale = MiniScale(
+        n_sft=24,
+        n_rl=8,
+        n_eval=5,
+        rl_max_steps=2,
+        max_completion_length=8,
+        rl_fidelities=(0.0, 0.5),
+    )
+    corpus = dataclasses.replace(V2, scale=scale)  # v2's datasets and space, tiny runs
     out = tmp_path / "mini"
-    generate(out, runs=1, workers=1, datasets=("yesno",), scale=scale)
-    first = Corpus.load(out / "corpus.jsonl").dataset("mini-yesno")
+    generate(out, corpus=corpus, runs=1, workers=1, datasets=("yesno-swap",))
+    first = Corpus.load(out / "corpus.jsonl").dataset("mini-yesno-swap")
     assert len(first.configs) == 1 and first.dynamics[0] is not None
     assert first.features["simple.rl_answer_yes_no_share"] == 1.0
-    generate(out, runs=2, workers=1, datasets=("yesno",), scale=scale)
-    second = Corpus.load(out / "corpus.jsonl").dataset("mini-yesno")
+    assert first.configs[0]["rl_lr"] in (1e-4, 3e-4, 1e-3)
+    generate(out, corpus=corpus, runs=2, workers=1, datasets=("yesno-swap",))
+    second = Corpus.load(out / "corpus.jsonl").dataset("mini-yesno-swap")
     assert len(second.configs) == 2 and second.configs[0] == first.configs[0]
-    assert json.loads((out / "generation.json").read_text())["runs_per_dataset"] == 2
+    record = json.loads((out / "generation.json").read_text())
+    assert record["runs_per_dataset"] == 2 and record["corpus"] == "v2"
+    assert record["datasets"][0]["teacher"] == {"swaps": {"yes": "no"}, "error": 0.6}
+    study = optuna.load_study(study_name="mini-yesno-swap", storage=journal(out))
+    for trial in study.trials:
+        assert list(trial.user_attrs[RL_FIDELITY_ATTR]) == ["0", "0.5", "1"]
+    with pytest.raises(ValueError, match="Corpus v2 has no dataset 'nope'"):
+        generate(out, corpus=corpus, runs=1, datasets=("nope",))

@@ -234,9 +234,9 @@ def test_an_imperfect_teacher_swaps_sft_answers_only(tmp_path):
     for split in ("rl", "eval"):  # RL and evaluation keep the gold answers
         paths = (right.rl, wrong.rl) if split == "rl" else (right.eval[0], wrong.eval[0])
         assert paths[0].read_text() == paths[1].read_text()
-    for bad, match in (({"A": "B"}, 1.5), ({}, 0.5), ({"A": "A"}, 0.5)):
-        with pytest.raises(ValueError, match="(?i)teacher"):
-            Teacher(swaps=bad, error=match)
+    for swaps, error in (({"A": "B"}, 1.5), ({}, 0.5), ({"A": "A"}, 0.5)):
+        with pytest.raises(ValueError, match=r"(?i)teacher"):
+            Teacher(swaps=swaps, error=error)
 
 
 def test_read_jsonl_names_the_problem(tmp_path):

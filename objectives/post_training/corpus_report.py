@@ -12,9 +12,9 @@ import optuna
 from optuna.trial import TrialState
 
 from objectives.post_training.mini_corpus import (
-    DEFAULT_SCALE,
     RUN_INDEX_ATTR,
-    MiniScale,
+    V1,
+    MiniCorpus,
     dataset_files,
     journal,
     objective,
@@ -31,7 +31,7 @@ def seed_spread(
     task: str,
     *,
     seeds: Sequence[int] = (1, 2, 3),
-    scale: MiniScale = DEFAULT_SCALE,
+    corpus: MiniCorpus = V1,
 ) -> optuna.Study:
     """Re-run the best, median and worst corpus configurations of ``task`` with ``seeds``
     (study ``mini-<task>-seeds`` in the same journal; resumable: done runs are skipped)."""
@@ -52,9 +52,16 @@ def seed_spread(
         load_if_exists=True,
     )
     have = {(t.user_attrs.get(RUN_INDEX_ATTR), t.user_attrs.get("seed")) for t in study.trials}
-    files = dataset_files(out, task, scale)
+    files = dataset_files(out, corpus.dataset(task), corpus.scale)
     runs_by_seed = {
-        seed: objective(files, scale, output_dir=out / "work", early_stop=None, seed=seed)
+        seed: objective(
+            files,
+            corpus.scale,
+            output_dir=out / "work",
+            space=corpus.space,
+            early_stop=None,
+            seed=seed,
+        )
         for seed in seeds
     }
     for trial in picks:

@@ -1,7 +1,7 @@
 """The live demo: AutoPipe vs TPE on a new mini dataset with the real pipeline, one storage.
 
 1. The prior is fitted on the bundled mini corpus (``bundled/corpus.jsonl``: the pipeline
-   run on ``CORPUS_DATASETS``), or loaded from ``out/prior`` when already fitted.
+   run on corpus ``V1``), or loaded from ``out/prior`` when already fitted.
 
 Then per seed (default 0, 1, 2; one study per method and seed):
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,7 @@ from optuna.trial import TrialState
 
 from objectives.post_training.mini_corpus import (
     DEFAULT_SCALE,
-    DEMO_DATASET,
-    DEMO_DIFFICULTY,
+    DEMO,
     dataset_files,
     objective,
     profile,
@@ -88,11 +87,11 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{out / 'demo.db'}"
-    scale = replace(DEFAULT_SCALE, difficulty=DEMO_DIFFICULTY)
-    name = f"{DEMO_DATASET}-{DEMO_DIFFICULTY}"
+    scale = DEFAULT_SCALE
+    name = DEMO.folder
     started = time.time()
     prior = load_prior(out)
-    files = dataset_files(out, DEMO_DATASET, scale)
+    files = dataset_files(out, DEMO, scale)
     dataset = profile(name, files)
     print(f"prior ready ({time.time() - started:.0f} s); new dataset: {name}")
     early = objective(

@@ -1,10 +1,15 @@
 """The mini corpus: the real pipeline run at tiny scale on synthetic datasets, recorded as
 past studies so that a prior can be learned from it.
 
+Two corpora are defined (``CORPORA``): ``v1``, the bundled one (four single-task datasets, 6
+GRPO steps), and ``v2``, the two-stage testbed (ten datasets, mixtures and imperfect teachers
+whose answer swaps RL can correct, 32 GRPO steps evaluated at 0/25/50/100% of them, 400
+evaluation prompts, RL learning rates around where GRPO starts to help and to collapse).
+
 Layout of ``out``::
 
-    data/<task>/sft.jsonl, rl.jsonl, eval/<task>_test.jsonl, eval/<task>_hard.jsonl
-    runs.journal        Optuna journal storage: one study per dataset ("mini-<task>"), the
+    data/<name>-<difficulty>/sft.jsonl, rl.jsonl, eval/test.jsonl, eval/hard.jsonl
+    runs.journal        Optuna journal storage: one study per dataset ("mini-<name>"), the
                         dataset profile in its user attrs, one COMPLETE trial per run with its
                         dynamics, scores and costs (FAIL: the pipeline failed, reason attached)
     corpus.jsonl        ``Corpus.save`` of the studies (what ``fit_prior`` reads)
@@ -31,21 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from objectives.post_training.evaluation import EvalSuite
 from objectives.post_training.objective import FAILURE_ATTR, PostTrainingObjective
 from objectives.post_training.search_space import tiny_space
-from objectives.post_training.tasks import DatasetFiles, write_dataset
+from objectives.post_training.tasks import DatasetFiles, Teacher, write_dataset
 from objectives.post_training.tiny_models import TINY_MODELS, TINY_PREFIX, resolve_model
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.profile import DatasetProfile
 
-#: Datasets of the bundled corpus (at ``MiniScale.difficulty`` 0).
-CORPUS_DATASETS = ("compare", "arithmetic", "retrieval", "yesno")
-#: The demo's new dataset: four-option comparisons (difficulty 1), a harder relative of the
-#: corpus's three-option ``compare``; it is not in the corpus.
-DEMO_DATASET, DEMO_DIFFICULTY = "compare", 1
 RUN_INDEX_ATTR = "autopipe:run_index"
 #: Points per metric kept in corpus.jsonl (the journal keeps every logged step).
 CORPUS_POINTS = 200
@@ -53,35 +54,126 @@ CORPUS_POINTS = 200
 
 @dataclass(frozen=True, kw_only=True)
 class MiniScale:
-    """Sizes of one mini dataset and of its pipeline runs (CPU-sized defaults)."""
+    """Sizes of one mini dataset and of its pipeline runs (CPU-sized defaults).
+
+    ``rl_fidelities``: fractions of the GRPO steps (0: after SFT) at which each run is also
+    evaluated (``PostTrainingObjective(rl_fidelities=...)``)."""
 
     n_sft: int = 2048
     n_rl: int = 64
     n_eval: int = 100
-    difficulty: int = 0
     rl_max_steps: int = 6
     max_completion_length: int = 48
     eval_temperature: float = 0.0
+    rl_fidelities: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MiniDataset:
+    """One dataset: its task(s) (several: a mixture), difficulty and SFT teacher (``None``:
+    always right). Files live in ``data/<name>-<difficulty>``."""
+
+    name: str
+    tasks: tuple[str, ...]
+    difficulty: int = 0
+    teacher: Teacher | None = None
+
+    @property
+    def folder(self) -> str:
+        return f"{self.name}-{self.difficulty}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MiniCorpus:
+    """A corpus definition: its datasets, the scale of their runs and the search space."""
+
+    name: str
+    datasets: tuple[MiniDataset, ...]
+    scale: MiniScale
+    space: dict[str, BaseDistribution]
+
+    def dataset(self, name: str) -> MiniDataset:
+        for dataset in self.datasets:
+            if dataset.name == name:
+                return dataset
+        raise ValueError(
+            f"Corpus {self.name} has no dataset {name!r}; it has {[d.name for d in self.datasets]}."
+        )
+
+
+def _single(task: str, difficulty: int = 0) -> MiniDataset:
+    return MiniDataset(name=task, tasks=(task,), difficulty=difficulty)
 
 
 DEFAULT_SCALE = MiniScale()
+#: The bundled corpus (``bundled/``), single tasks at difficulty 0.
+V1 = MiniCorpus(
+    name="v1",
+    datasets=tuple(_single(t) for t in ("compare", "arithmetic", "retrieval", "yesno")),
+    scale=DEFAULT_SCALE,
+    space=tiny_space(),
+)
+#: The two-stage testbed (issue 15): ten datasets; five learn an imperfect teacher's answer
+#: swaps in SFT, which only RL with the accuracy reward can undo.
+V2 = MiniCorpus(
+    name="v2",
+    datasets=(
+        MiniDataset(
+            name="compare-swap", tasks=("compare",), teacher=Teacher(swaps={"A": "B"}, error=0.7)
+        ),
+        _single("compare"),
+        MiniDataset(
+            name="yesno-swap", tasks=("yesno",), teacher=Teacher(swaps={"yes": "no"}, error=0.6)
+        ),
+        _single("yesno", 1),
+        MiniDataset(
+            name="retrieval-swap",
+            tasks=("retrieval",),
+            teacher=Teacher(swaps={"red": "blue", "green": "gray"}, error=0.7),
+        ),
+        _single("retrieval"),
+        _single("sequence"),
+        _single("arithmetic"),
+        MiniDataset(
+            name="compare+yesno-swap",
+            tasks=("compare", "yesno"),
+            teacher=Teacher(swaps={"A": "B", "yes": "no"}, error=0.7),
+        ),
+        MiniDataset(name="retrieval+sequence", tasks=("retrieval", "sequence")),
+    ),
+    scale=MiniScale(
+        n_sft=2048,
+        n_rl=256,
+        n_eval=200,
+        rl_max_steps=32,
+        rl_fidelities=(0.0, 0.25, 0.5),
+    ),
+    space=tiny_space(rl_lr=(1e-4, 3e-4, 1e-3)),
+)
+CORPORA = {corpus.name: corpus for corpus in (V1, V2)}
+#: The demo's new dataset: four-option comparisons, a harder relative of v1's three-option
+#: ``compare``; it is not in the corpus.
+DEMO = _single("compare", 1)
 
 
-def study_name(task: str) -> str:
-    return f"mini-{task}"
+def study_name(dataset: str) -> str:
+    return f"mini-{dataset}"
 
 
-def dataset_files(root: Path, task: str, scale: MiniScale, seed: int = 0) -> DatasetFiles:
-    """Write the dataset's files under ``root/data/<task>-<difficulty>`` (deterministic: a
-    rewrite gives the same files)."""
+def dataset_files(
+    root: Path, dataset: MiniDataset, scale: MiniScale, seed: int = 0
+) -> DatasetFiles:
+    """Write the dataset's files under ``root/data/<folder>`` (deterministic: a rewrite gives
+    the same files)."""
     return write_dataset(
-        task,
-        root / "data" / f"{task}-{scale.difficulty}",
+        dataset.tasks,
+        root / "data" / dataset.folder,
         n_sft=scale.n_sft,
         n_rl=scale.n_rl,
         n_eval=scale.n_eval,
-        difficulty=scale.difficulty,
+        difficulty=dataset.difficulty,
         seed=seed,
+        teacher=dataset.teacher,
     )
 
 
@@ -92,7 +184,12 @@ def profile(name: str, files: DatasetFiles) -> DatasetProfile:
 
 
 def objective(
-    files: DatasetFiles, scale: MiniScale, *, output_dir: Path, **options: Any
+    files: DatasetFiles,
+    scale: MiniScale,
+    *,
+    output_dir: Path,
+    space: dict[str, BaseDistribution] | None = None,
+    **options: Any,
 ) -> PostTrainingObjective:
     """The pipeline on one mini dataset at ``scale`` (``options`` go to the objective)."""
     return PostTrainingObjective(
@@ -101,19 +198,23 @@ def objective(
         eval_suite=EvalSuite(
             benchmarks=files.eval, temperature=scale.eval_temperature, instruction=""
         ),
-        space=tiny_space(),
+        space=space if space is not None else tiny_space(),
         output_dir=output_dir,
         device="cpu",
         rl_max_steps=scale.rl_max_steps,
+        rl_fidelities=scale.rl_fidelities,
         max_completion_length=scale.max_completion_length,
         **options,
     )
 
 
-def planned_configs(task: str, runs: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``runs`` distinct configurations of ``tiny_space()`` for ``task`` (seeded)."""
-    rng = random.Random(f"{seed}-{task}")
-    space = tiny_space()
+def planned_configs(
+    dataset: str, runs: int, seed: int = 0, space: dict[str, BaseDistribution] | None = None
+) -> list[dict[str, Any]]:
+    """``runs`` distinct configurations of ``space`` (default ``tiny_space()``) for
+    ``dataset`` (seeded: the first k of a longer plan are the plan of k)."""
+    rng = random.Random(f"{seed}-{dataset}")
+    space = space if space is not None else tiny_space()
     configs: list[dict[str, Any]] = []
     while len(configs) < runs:
         config = {name: rng.choice(dist.choices) for name, dist in space.items()}
@@ -164,7 +265,7 @@ Job = tuple[str, tuple[int, dict[str, Any]] | None]
 
 
 def _worker(
-    out: str, jobs: list[Job], files: dict[str, DatasetFiles], scale: MiniScale, seed: int
+    out: str, jobs: list[Job], files: dict[str, DatasetFiles], corpus: MiniCorpus, seed: int
 ) -> None:
     import torch
 
@@ -173,51 +274,66 @@ def _worker(
     root = Path(out)
     storage = journal(root)
     runs = {
-        task: objective(files[task], scale, output_dir=root / "work", early_stop=None, seed=seed)
-        for task in {task for task, _ in jobs}
+        name: objective(
+            files[name],
+            corpus.scale,
+            output_dir=root / "work",
+            space=corpus.space,
+            early_stop=None,
+            seed=seed,
+        )
+        for name in {name for name, _ in jobs}
     }
-    for task, planned in jobs:
+    for name, planned in jobs:
         # corpus runs are full runs: no pruner may stop them
         study = optuna.load_study(
-            study_name=study_name(task), storage=storage, pruner=optuna.pruners.NopPruner()
+            study_name=study_name(name), storage=storage, pruner=optuna.pruners.NopPruner()
         )
         if planned is not None:
             index, config = planned
             study.enqueue_trial(config, user_attrs={RUN_INDEX_ATTR: index})
-        study.optimize(runs[task], n_trials=1, callbacks=[_report])
+        study.optimize(runs[name], n_trials=1, callbacks=[_report])
 
 
 def generate(
     out: str | Path,
     *,
+    corpus: MiniCorpus = V1,
     runs: int = 48,
     workers: int = 2,
-    datasets: Sequence[str] = CORPUS_DATASETS,
-    scale: MiniScale = DEFAULT_SCALE,
+    datasets: Sequence[str] | None = None,
     seed: int = 0,
 ) -> Path:
-    """Run (or resume) the corpus generation; returns the path of ``corpus.jsonl``."""
+    """Run (or resume) the generation of ``corpus`` (``datasets``: a subset of its dataset
+    names); returns the path of ``corpus.jsonl``. A later call with more ``runs`` extends
+    every dataset's plan (its first runs are the same)."""
     out = Path(out)
+    chosen = [corpus.dataset(n) for n in datasets] if datasets else list(corpus.datasets)
     out.mkdir(parents=True, exist_ok=True)
     storage = journal(out)
     started = time.time()
     jobs: list[Job] = []
-    files = {task: dataset_files(out, task, scale, seed) for task in datasets}
+    files = {d.name: dataset_files(out, d, corpus.scale, seed) for d in chosen}
     for name in TINY_MODELS:  # built once, before the workers start
         resolve_model(TINY_PREFIX + name)
-    for task in datasets:
+    for dataset in chosen:
         study = optuna.create_study(
-            study_name=study_name(task), storage=storage, direction="maximize", load_if_exists=True
+            study_name=study_name(dataset.name),
+            storage=storage,
+            direction="maximize",
+            load_if_exists=True,
         )
-        profile(task, files[task]).to_study(study)
-        configs = planned_configs(task, runs, seed)
-        jobs += [(task, None if i is None else (i, configs[i])) for i in _pending(study, configs)]
+        profile(dataset.name, files[dataset.name]).to_study(study)
+        configs = planned_configs(dataset.name, runs, seed, corpus.space)
+        jobs += [
+            (dataset.name, None if i is None else (i, configs[i])) for i in _pending(study, configs)
+        ]
     # interleave datasets so a stopped generation leaves every dataset partly done
     jobs.sort(key=lambda job: (-1 if job[1] is None else job[1][0], job[0]))
     shares = [jobs[k::workers] for k in range(workers)]
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker, args=(str(out), share, files, scale, seed))
+        context.Process(target=_worker, args=(str(out), share, files, corpus, seed))
         for share in shares
         if share
     ]
@@ -225,24 +341,27 @@ def generate(
         process.start()
     for process in processes:
         process.join()
-    corpus = Corpus.from_studies(storage, [study_name(t) for t in datasets])
+    names = [d.name for d in chosen]
+    saved = Corpus.from_studies(storage, [study_name(n) for n in names])
     path = out / "corpus.jsonl"
-    corpus.save(path, max_points=CORPUS_POINTS)
+    saved.save(path, max_points=CORPUS_POINTS)
     record = {
         "command": " ".join(sys.argv),
+        "corpus": corpus.name,
         "runs_per_dataset": runs,
         "workers": workers,
-        "datasets": list(datasets),
-        "scale": asdict(scale),
+        "datasets": [asdict(d) for d in chosen],
+        "scale": asdict(corpus.scale),
+        "space": {name: list(dist.choices) for name, dist in corpus.space.items()},
         "seed": seed,
         "wall_seconds_this_call": round(time.time() - started),
-        **_run_record(storage, datasets),
+        **_run_record(storage, names),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
         "python": platform.python_version(),
         "versions": _versions(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    (out / "generation.json").write_text(json.dumps(record, indent=1))
+    (out / "generation.json").write_text(json.dumps(record, indent=1, default=dict))
     return path
 
 
