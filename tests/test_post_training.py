@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from tiny_pipeline import TINY_CONFIG
 
 from objectives.post_training import objective as objective_module
+from objectives.post_training.corpus_report import report
 from objectives.post_training.evaluation import EvalSuite
 from objectives.post_training.mini_corpus import V2, MiniScale, generate, journal
 from objectives.post_training.objective import (
@@ -184,6 +185,19 @@ def test_spaces_follow_table_3():
     assert resolve_model("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"
 
 
+def test_grpo_with_fewer_prompts_than_one_step_fails_the_trial(files, tmp_path):
+    # 8 RL prompts, 16 per step: GRPO would run no step and return the SFT model as "RL"
+    config = {**TINY_CONFIG, "rl_batch": 64, "rl_rollouts": 4}
+    study = optuna.create_study(direction="maximize", study_name="no-step")
+    objective = make_objective(files, tmp_path, early_stop=None, space=single_space(config))
+    study.optimize(objective, n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.FAIL
+    failure = trial.user_attrs[FAILURE_ATTR]
+    assert failure["stage"] == "rl" and "GRPO ran 0 of its 1 planned steps" in failure["reason"]
+    assert "at least 16 RL prompts" in failure["reason"]
+
+
 def test_effective_batch_is_split_into_accumulation():
     hardware = Hardware(device="cpu", max_device_batch=16)
     assert hardware.split_batch(64) == (16, 4)
@@ -195,7 +209,7 @@ def test_effective_batch_is_split_into_accumulation():
 def test_corpus_generation_resumes_and_records_rl_fidelities(tmp_path):
     scale = MiniScale(
         n_sft=24,
-        n_rl=8,
+        n_rl=16,  # a step of rl_batch 64 / rl_rollouts 4 takes 16 prompts
         n_eval=5,
         rl_max_steps=2,
         max_completion_length=8,
@@ -208,14 +222,17 @@ def test_corpus_generation_resumes_and_records_rl_fidelities(tmp_path):
     assert len(first.configs) == 1 and first.dynamics[0] is not None
     assert first.features["simple.rl_answer_yes_no_share"] == 1.0
     assert first.configs[0]["rl_lr"] in (1e-4, 3e-4, 1e-3)
-    generate(out, corpus=corpus, runs=2, workers=1, datasets=("yesno-swap",))
+    generate(out, corpus=corpus, runs=3, workers=1, datasets=("yesno-swap",))
     second = Corpus.load(out / "corpus.jsonl").dataset("mini-yesno-swap")
-    assert len(second.configs) == 2 and second.configs[0] == first.configs[0]
+    assert len(second.configs) == 3 and second.configs[0] == first.configs[0]
     record = json.loads((out / "generation.json").read_text())
-    assert record["runs_per_dataset"] == 2 and record["corpus"] == "v2"
+    assert record["runs_per_dataset"] == 3 and record["corpus"] == "v2"
     assert record["datasets"][0]["teacher"] == {"swaps": {"yes": "no"}, "error": 0.6}
     study = optuna.load_study(study_name="mini-yesno-swap", storage=journal(out))
     for trial in study.trials:
         assert list(trial.user_attrs[RL_FIDELITY_ATTR]) == ["0", "0.5", "1"]
+    table = report(out, ["yesno-swap"]).split("Two stages:")[1]
+    (row,) = [line for line in table.splitlines() if line.startswith("| yesno-swap |")]
+    assert row.split(" | ")[1] == "3"  # runs
     with pytest.raises(ValueError, match="Corpus v2 has no dataset 'nope'"):
         generate(out, corpus=corpus, runs=1, datasets=("nope",))

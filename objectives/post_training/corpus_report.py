@@ -1,6 +1,7 @@
 """What the mini corpus says: score spread per dataset, which hyperparameters matter (fANOVA
-importances from Optuna, mean score per value) and the seed-to-seed spread of a few
-configurations re-run with other seeds (``seed_spread``)."""
+importances from Optuna, mean score per value), the seed-to-seed spread of a few
+configurations re-run with other seeds (``seed_spread``) and, for a corpus whose runs record
+their RL fidelities (v2), what RL does (``two_stage``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from objectives.post_training.mini_corpus import (
     objective,
     study_name,
 )
-from objectives.post_training.objective import COST_ATTR
+from objectives.post_training.objective import COST_ATTR, RL_FIDELITY_ATTR
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 
 SEEDS_SUFFIX = "-seeds"
@@ -74,6 +75,16 @@ def seed_spread(
     return study
 
 
+def _importances(study: optuna.Study, scores: np.ndarray) -> dict[str, float]:
+    """fANOVA importances (Optuna) of the study's parameters; empty when every finished run
+    has the same score (no variance to share)."""
+    if len(scores) < 2 or np.ptp(scores) == 0:
+        return {}
+    return optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+    )
+
+
 def _cost_table(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> list[str]:
     """SFT sequences/s (planned steps x effective batch / SFT seconds), RL and eval seconds."""
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
@@ -123,9 +134,7 @@ def report(out: str | Path, datasets: Sequence[str]) -> str:
             f"| {task} | {len(done)} | {failed} | {scores.mean():.3f} | {scores.min():.3f} | "
             f"{np.median(scores):.3f} | {scores.max():.3f} |"
         )
-        importances[task] = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
-        )
+        importances[task] = _importances(study, scores)
         for t in done:
             for name, value in t.params.items():
                 by_value.setdefault(name, {}).setdefault(str(value), []).append(t.value)
@@ -145,6 +154,7 @@ def report(out: str | Path, datasets: Sequence[str]) -> str:
         lines.append(f"- {name}: {cells}")
     lines += ["", "Cost per stage by base model (median over runs; memory: largest peak):", ""]
     lines += _cost_table(storage, datasets)
+    lines += two_stage(storage, datasets)
     spread = [d for d in datasets if study_name(d) + SEEDS_SUFFIX in names]
     if spread:
         lines += ["", "Seed-to-seed spread (same configuration, other seeds):", ""]
@@ -169,3 +179,64 @@ def report(out: str | Path, datasets: Sequence[str]) -> str:
                 f"{min(everything):.3f}-{max(everything):.3f} |"
             )
     return "\n".join(lines)
+
+
+#: Early SFT signals whose rank agreement with the final score ``two_stage`` reports, with the
+#: sign that makes larger better: (feature at 50% of SFT, sign).
+SFT_SIGNALS = (("loss.late.mean", -1.0), ("mean_token_accuracy.late.mean", 1.0))
+
+
+def two_stage(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> list[str]:
+    """Per dataset, over the finished runs that recorded ``autopipe:rl_fidelity``: the mean
+    and best score after SFT (no RL) and after RL, the mean RL gain (final - after SFT), the
+    share of the score's variance due to the RL settings (sum of the fANOVA importances of the
+    ``rl_*`` parameters) and the Spearman correlation of early SFT signals (50% of SFT steps,
+    ``SFT_SIGNALS``) with the final score. Empty when no run recorded RL fidelities."""
+    from scipy.stats import spearmanr
+
+    rows, shares = [], []
+    for name in datasets:
+        study = optuna.load_study(study_name=study_name(name), storage=storage)
+        done = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if RL_FIDELITY_ATTR in t.user_attrs
+        ]
+        if len(done) < 3:
+            continue
+        final = np.array([t.value for t in done])
+        sft = np.array([t.user_attrs[RL_FIDELITY_ATTR]["0"]["score"] for t in done])
+        importance = _importances(study, final)
+        share = (
+            sum(v for p, v in importance.items() if p.startswith("rl_")) if importance else np.nan
+        )
+        shares.append(share)
+        features = [
+            TrainingDynamics.from_json(t.user_attrs[DYNAMICS_ATTR]).features(fraction=0.5)
+            for t in done
+        ]
+        rhos = []
+        for feature, sign in SFT_SIGNALS:
+            signal = sign * np.array([f.get(feature, np.nan) for f in features])
+            ok = np.isfinite(signal)
+            rho = spearmanr(signal[ok], final[ok]).statistic if ok.sum() >= 3 else np.nan
+            rhos.append(f"{rho:.2f}")
+        rows.append(
+            f"| {name} | {len(done)} | {sft.mean():.3f} / {sft.max():.3f} | "
+            f"{final.mean():.3f} / {final.max():.3f} | {(final - sft).mean():+.3f} | "
+            f"{share:.2f} | {' | '.join(rhos)} |"
+        )
+    if not rows:
+        return []
+    signals = " | ".join(f"Spearman {feature} at 50% SFT" for feature, _ in SFT_SIGNALS)
+    return [
+        "",
+        "Two stages: score after SFT and after RL (mean / best), the mean RL gain, the share of "
+        "variance of the RL settings (fANOVA, rl_* summed) and the early SFT signals' rank "
+        f"agreement with the final score (mean share over datasets: {np.nanmean(shares):.2f}; "
+        "nan: every run scored the same):",
+        "",
+        f"| dataset | runs | after SFT | after RL | RL gain | RL share | {signals} |",
+        "|---" * (6 + len(SFT_SIGNALS)) + "|",
+        *rows,
+    ]

@@ -269,5 +269,12 @@ def run_grpo(
     started = time.perf_counter()
     _train(trainer, "GRPO")
     seconds = time.perf_counter() - started
+    if trainer.state.global_step < trainer.state.max_steps:
+        prompts = per_device * accumulation // rollouts
+        raise RuntimeError(
+            f"GRPO ran {trainer.state.global_step} of its {trainer.state.max_steps} planned "
+            f"steps: {len(records)} RL prompts, {prompts} per step (rl_batch {batch} / "
+            f"rl_rollouts {rollouts}); give it at least {prompts} RL prompts."
+        )
     trainer.save_model(str(output_dir / "model"))  # the tokenizer too (processing_class)
     return trainer, {**saved, 1.0: (output_dir / "model", seconds)}
