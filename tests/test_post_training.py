@@ -8,8 +8,10 @@ import math
 
 import optuna
 import pytest
+import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
+from safetensors.torch import load_file
 from tiny_pipeline import TINY_CONFIG
 
 from objectives.post_training import objective as objective_module
@@ -25,7 +27,12 @@ from objectives.post_training.objective import (
 )
 from objectives.post_training.search_space import PARAMETERS, paper_space, tiny_space
 from objectives.post_training.tasks import write_dataset
-from objectives.post_training.tiny_models import resolve_model
+from objectives.post_training.tiny_models import (
+    TinyModel,
+    build_tiny_model,
+    pretraining_texts,
+    resolve_model,
+)
 from objectives.post_training.training import Diverged, Hardware
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
@@ -198,6 +205,19 @@ def test_grpo_with_fewer_prompts_than_one_step_fails_the_trial(files, tmp_path):
     assert "at least 16 RL prompts" in failure["reason"]
 
 
+def test_a_base_model_is_pretrained_from_its_random_initialisation(tmp_path):
+    spec = TinyModel(hidden=16, layers=1, heads=2, seed=5)
+    random_init = build_tiny_model(spec, tmp_path / "init")
+    base = build_tiny_model(dataclasses.replace(spec, pretrain=64), tmp_path / "base")
+    before, after = (load_file(f / "model.safetensors") for f in (random_init, base))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # training moved it
+    texts = pretraining_texts(200, seed=5)
+    assert texts == pretraining_texts(200, seed=5) and texts != pretraining_texts(200, seed=6)
+    assert {t.split("\n", 1)[0].split(" ")[0] for t in texts} >= {"Which", "What", "Is", "Next"}
+    assert all(t.rstrip().rsplit("\n", 1)[-1].startswith("Answer: ") for t in texts)
+
+
 def test_effective_batch_is_split_into_accumulation():
     hardware = Hardware(device="cpu", max_device_batch=16)
     assert hardware.split_batch(64) == (16, 4)
@@ -215,7 +235,8 @@ def test_corpus_generation_resumes_and_records_rl_fidelities(tmp_path):
         max_completion_length=8,
         rl_fidelities=(0.0, 0.5),
     )
-    corpus = dataclasses.replace(V2, scale=scale)  # v2's datasets and space, tiny runs
+    # v2's datasets and RL grid, tiny runs, randomly initialised models (no -base to build)
+    corpus = dataclasses.replace(V2, scale=scale, space=tiny_space(rl_lr=(1e-4, 3e-4, 1e-3)))
     out = tmp_path / "mini"
     generate(out, corpus=corpus, runs=1, workers=1, datasets=("yesno-swap",))
     first = Corpus.load(out / "corpus.jsonl").dataset("mini-yesno-swap")

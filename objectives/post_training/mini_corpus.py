@@ -43,7 +43,7 @@ from objectives.post_training.evaluation import EvalSuite
 from objectives.post_training.objective import FAILURE_ATTR, PostTrainingObjective
 from objectives.post_training.search_space import tiny_space
 from objectives.post_training.tasks import DatasetFiles, Teacher, write_dataset
-from objectives.post_training.tiny_models import TINY_MODELS, TINY_PREFIX, resolve_model
+from objectives.post_training.tiny_models import BASE_MODELS, resolve_model
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.profile import DatasetProfile
 
@@ -148,7 +148,7 @@ V2 = MiniCorpus(
         rl_max_steps=32,
         rl_fidelities=(0.0, 0.25, 0.5),
     ),
-    space=tiny_space(rl_lr=(1e-4, 3e-4, 1e-3)),
+    space=tiny_space(rl_lr=(1e-4, 3e-4, 1e-3), base_models=BASE_MODELS),
 )
 CORPORA = {corpus.name: corpus for corpus in (V1, V2)}
 #: The demo's new dataset: four-option comparisons, a harder relative of v1's three-option
@@ -314,8 +314,8 @@ def generate(
     started = time.time()
     jobs: list[Job] = []
     files = {d.name: dataset_files(out, d, corpus.scale, seed) for d in chosen}
-    for name in TINY_MODELS:  # built once, before the workers start
-        resolve_model(TINY_PREFIX + name)
+    for name in corpus.space["base_model"].choices:  # built once, before the workers start
+        resolve_model(str(name))
     for dataset in chosen:
         study = optuna.create_study(
             study_name=study_name(dataset.name),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
-from objectives.post_training.tiny_models import TINY_MODELS, TINY_PREFIX
+from objectives.post_training.tiny_models import TINY_PREFIX
 
 PAPER_MODELS = (
     "Qwen/Qwen2.5-1.5B-Instruct",
@@ -61,14 +61,20 @@ def paper_space() -> dict[str, BaseDistribution]:
     )
 
 
-def tiny_space(*, rl_lr: tuple[float, ...] = (1e-5, 1e-4, 1e-3)) -> dict[str, BaseDistribution]:
+def tiny_space(
+    *,
+    rl_lr: tuple[float, ...] = (1e-5, 1e-4, 1e-3),
+    base_models: tuple[str, ...] = ("llama-0.1m", "llama-0.6m", "llama-1.1m"),
+) -> dict[str, BaseDistribution]:
     """The same space for the local tiny models: 3 x 3 x 3 x 3 x 3 x 3 x 3 x 2 x 3 = 13,122.
 
-    ``rl_lr``: the GRPO learning rates (corpus v2: 1e-4, 3e-4, 1e-3; in pilots of 60 GRPO
-    steps on the 1.1M model, RL gained at 3e-4 and collapsed the model at 1e-3 and above)."""
+    ``base_models``: tiny model names (``tiny_models.TINY_MODELS``; corpus v2: the pre-trained
+    ``-base`` ones). ``rl_lr``: the GRPO learning rates (corpus v2: 1e-4, 3e-4, 1e-3; in pilots
+    of 60 GRPO steps on the 1.1M model, RL gained at 3e-4 and collapsed the model at 1e-3 and
+    above)."""
     return _space(
         {
-            "base_model": tuple(TINY_PREFIX + name for name in TINY_MODELS),
+            "base_model": tuple(TINY_PREFIX + name for name in base_models),
             "sft_epoch": (1, 2, 3),
             "sft_batch": (8, 16, 32),
             "sft_lr": (1e-3, 3e-3, 1e-2),

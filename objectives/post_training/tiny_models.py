@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 TINY_PREFIX = "tiny/"
@@ -32,23 +32,37 @@ MAX_POSITIONS = 256
 
 @dataclass(frozen=True, kw_only=True)
 class TinyModel:
-    """A Llama architecture: ``hidden`` width, ``layers`` blocks, ``heads`` attention heads."""
+    """A Llama architecture: ``hidden`` width, ``layers`` blocks, ``heads`` attention heads;
+    ``pretrain`` > 0: a "base model" pre-trained on that many plain-text task examples."""
 
     hidden: int
     layers: int
     heads: int
     seed: int = 0
+    pretrain: int = 0
 
     @property
     def intermediate(self) -> int:
         return 4 * self.hidden
 
 
-TINY_MODELS: dict[str, TinyModel] = {
+_ARCHITECTURES = {
     "llama-0.1m": TinyModel(hidden=48, layers=2, heads=4, seed=11),
     "llama-0.6m": TinyModel(hidden=96, layers=4, heads=4, seed=12),
     "llama-1.1m": TinyModel(hidden=128, layers=4, heads=4, seed=13),
 }
+#: Examples a ``-base`` model is pre-trained on (one pass; minutes per model on one CPU core).
+PRETRAIN_EXAMPLES = 60_000
+#: Randomly initialised models (``llama-*``) and pre-trained bases (``llama-*-base``).
+TINY_MODELS: dict[str, TinyModel] = {
+    **_ARCHITECTURES,
+    **{
+        f"{name}-base": replace(spec, pretrain=PRETRAIN_EXAMPLES)
+        for name, spec in _ARCHITECTURES.items()
+    },
+}
+#: The pre-trained bases (corpus v2's ``base_model`` choices).
+BASE_MODELS = tuple(name for name, spec in TINY_MODELS.items() if spec.pretrain)
 
 
 def cache_dir() -> Path:
@@ -67,9 +81,11 @@ def resolve_model(name: str) -> str:
             f"Unknown tiny model {name!r}; choose one of "
             f"{[TINY_PREFIX + k for k in TINY_MODELS]} or give a hub name / local folder."
         )
-    folder = cache_dir() / key
+    spec = TINY_MODELS[key]
+    # the pre-training size is part of the folder: a changed recipe never reads a stale build
+    folder = cache_dir() / (f"{key}-{spec.pretrain}" if spec.pretrain else key)
     if not (folder / "config.json").exists():
-        build_tiny_model(TINY_MODELS[key], folder)
+        build_tiny_model(spec, folder)
     return str(folder)
 
 
@@ -134,6 +150,8 @@ def build_tiny_model(spec: TinyModel, folder: str | Path) -> Path:
     )
     torch.manual_seed(spec.seed)
     model = LlamaForCausalLM(config)
+    if spec.pretrain:
+        _pretrain(model, tokenizer, spec, folder.parent)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -148,3 +166,51 @@ def build_tiny_model(spec: TinyModel, folder: str | Path) -> Path:
         else:
             os.makedirs(tmp)  # TemporaryDirectory removes its (now moved) folder on exit
     return folder
+
+
+def pretraining_texts(count: int, seed: int) -> list[str]:
+    """``count`` plain-text examples ("prompt\nreasoning\nAnswer: X", no chat template, gold
+    answers) drawn uniformly over every task and difficulties 0-2 (seeded)."""
+    from objectives.post_training.tasks import TASKS
+
+    rng = random.Random(f"pretrain/{seed}")
+    specs = [TASKS[name] for name in sorted(TASKS)]
+    texts = []
+    for _ in range(count):
+        example = rng.choice(specs).make(rng, rng.randrange(3))
+        texts.append(f"{example.prompt}\n{example.completion}")
+    return texts
+
+
+def _pretrain(model, tokenizer, spec: TinyModel, workdir: Path) -> None:  # type: ignore[no-untyped-def]
+    """One pass of causal language modelling over ``pretraining_texts(spec.pretrain,
+    spec.seed)`` (TRL ``SFTTrainer`` on a text column; learning rate 3e-3, cosine, batch 32)."""
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    texts = pretraining_texts(spec.pretrain, spec.seed)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        config = SFTConfig(
+            output_dir=tmp,
+            num_train_epochs=1,
+            per_device_train_batch_size=32,
+            learning_rate=3e-3,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.05,
+            seed=spec.seed,
+            use_cpu=True,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=100,
+            disable_tqdm=True,
+            max_length=MAX_POSITIONS,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=Dataset.from_list([{"text": t} for t in texts]),
+            processing_class=tokenizer,
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
