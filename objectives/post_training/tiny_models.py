@@ -186,9 +186,11 @@ def _pretrain(model, tokenizer, spec: TinyModel, workdir: Path) -> None:  # type
     """One pass of causal language modelling over ``pretraining_texts(spec.pretrain,
     spec.seed)`` (TRL ``SFTTrainer`` on a text column; learning rate 3e-3, cosine, batch 32)."""
     from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
+    disable_progress_bar()
     texts = pretraining_texts(spec.pretrain, spec.seed)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         config = SFTConfig(
