@@ -72,9 +72,13 @@ def make_objective(files, tmp_path, **options):
     return PostTrainingObjective(sft_data=files.sft, rl_data=files.rl, **options)
 
 
-def test_full_trial_runs_sft_grpo_and_lm_eval(files, tmp_path):
+def test_full_trial_runs_sft_grpo_and_lm_eval(files, tmp_path, recwarn, capfd):
     study = optuna.create_study(direction="maximize", study_name="full")
     study.optimize(make_objective(files, tmp_path, early_stop=None), n_trials=1)
+    # quiet: no library deprecation warning, no inner progress bar
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+    printed = capfd.readouterr()
+    assert "it/s" not in printed.err + printed.out
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
     scores = trial.user_attrs[SCORES_ATTR]

@@ -13,8 +13,10 @@ punctuation. Decoding is stochastic at ``temperature`` and scores are averaged o
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +111,12 @@ def _first_score(metrics: dict[str, Any]) -> float:
 def evaluate(model: Any, tokenizer: Any, suite: EvalSuite, *, device: str) -> dict[str, float]:
     """Accuracy per benchmark (averaged over the suite's seeds), keyed by task name."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     tasks = suite.task_configs()
     manager = TaskManager(include_defaults=any(isinstance(t, str) for t in tasks))
-    lm = HFLM(
+    lm = _quiet_hflm()(
         pretrained=model,
         tokenizer=tokenizer,
         device=device,
@@ -124,22 +125,47 @@ def evaluate(model: Any, tokenizer: Any, suite: EvalSuite, *, device: str) -> di
     )
     scores: dict[str, list[float]] = {}
     for seed in suite.runs:
-        results = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=tasks,
-            task_manager=manager,
-            apply_chat_template=True,
-            limit=suite.limit,
-            log_samples=False,
-            bootstrap_iters=0,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            verbosity="ERROR",
-        )
+        with _no_request_progress_bar():
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=tasks,
+                task_manager=manager,
+                apply_chat_template=True,
+                limit=suite.limit,
+                log_samples=False,
+                bootstrap_iters=0,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                verbosity="ERROR",
+            )
         for task, metrics in results["results"].items():
             scores.setdefault(task, []).append(_first_score(metrics))
     return {task: float(np.mean(values)) for task, values in scores.items()}
+
+
+def _quiet_hflm() -> type:
+    """lm-eval's ``HFLM`` without its per-request progress bar (``simple_evaluate`` has no
+    switch for it)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        def generate_until(self, requests, disable_tqdm: bool = True):  # type: ignore[no-untyped-def]
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM
+
+
+@contextmanager
+def _no_request_progress_bar() -> Iterator[None]:
+    """Silence the progress bar lm-eval draws while building a task's requests
+    (``lm_eval.api.task`` calls ``tqdm`` with no way to turn it off)."""
+    from unittest import mock
+
+    from tqdm import tqdm
+
+    with mock.patch("lm_eval.api.task.tqdm", partial(tqdm, disable=True)):
+        yield
 
 
 def suite_score(scores: dict[str, float], benchmarks: Sequence[str | Path]) -> float:

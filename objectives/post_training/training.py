@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ class Hardware:
             "use_cpu": self.device == "cpu",
             "bf16": self.bf16,
             "fp16": False,
-            "gradient_checkpointing": False,
+            _checkpointing_argument(): False,
             "report_to": "none",
             "save_strategy": "no",
             "logging_steps": 1,
@@ -76,6 +77,16 @@ class Hardware:
         while batch % per_device or per_device % multiple_of:
             per_device -= 1
         return per_device, batch // per_device
+
+
+def _checkpointing_argument() -> str:
+    """The trainer argument that turns activation checkpointing off: ``activation_checkpointing``
+    where transformers has it (its alias ``gradient_checkpointing`` warns there, and TRL's
+    configs set that alias to True by default), ``gradient_checkpointing`` before."""
+    from transformers import TrainingArguments
+
+    new = "activation_checkpointing"
+    return new if new in TrainingArguments.__dataclass_fields__ else "gradient_checkpointing"
 
 
 def load_model(name: str, hardware: Hardware) -> tuple[Any, Any]:
@@ -102,7 +113,12 @@ def _train(trainer: Any, stage: str, *, resume_from: str | None = None) -> None:
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    trainer.train(resume_from_checkpoint=resume_from)
+    with warnings.catch_warnings():
+        # TRL reads transformers' deprecated `is_gradient_checkpointing` on every generation
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        trainer.train(resume_from_checkpoint=resume_from)
     for entry in trainer.state.log_history:
         loss = entry.get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
