@@ -103,13 +103,35 @@ def _lcbench(root: Any, *, noise_sd: float = 1.0, pool_size: int = 10_000, **_: 
     return Benchmark("lcbench", tasks, {t.name: t.name for t in tasks})
 
 
-BENCHMARKS: dict[str, Callable[..., Benchmark]] = {"nmt": _nmt, "lcbench": _lcbench}
+def _post_training(root: Any, **_: Any) -> Benchmark:
+    from objectives.post_training.replay import load_post_training
+
+    tasks = load_post_training(root / POST_TRAINING_JOURNAL)
+    return Benchmark("post-training", tasks, {t.name: post_training_group(t.name) for t in tasks})
+
+
+#: Where ``post-training`` reads its corpus under the data directory.
+POST_TRAINING_JOURNAL = "post-training/runs.journal"
+
+
+def post_training_group(name: str) -> str:
+    """A corpus v2 dataset's family: its task(s) without the teacher (``compare-swap`` and
+    ``compare`` are one family), held out together under ``grouped``."""
+    return name.removesuffix("-swap")
+
+
+BENCHMARKS: dict[str, Callable[..., Benchmark]] = {
+    "nmt": _nmt,
+    "lcbench": _lcbench,
+    "post-training": _post_training,
+}
 
 
 def load_benchmark(
     name: str, *, data_dir: str | os.PathLike[str] | None = None, **options: Any
 ) -> Benchmark:
-    """Load a benchmark by name (``nmt`` or ``lcbench``); ``options`` go to its loader."""
+    """Load a benchmark by name (``nmt``, ``lcbench``, ``post-training``); ``options`` go to
+    its loader."""
     if name not in BENCHMARKS:
         raise ValueError(f"Unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}.")
     return BENCHMARKS[name](data_root(data_dir), **options)

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from objectives.data import BenchmarkDataError, download
+from objectives.data import SOURCE_PAGES, BenchmarkDataError, download
 from objectives.registry import BENCHMARKS, PROTOCOLS
 from optuna_autopipe.bench.prior_noise import PRIOR_NOISE
 
@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="benchmark data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     fetch = data_commands.add_parser("download", help="fetch from the public sources")
-    fetch.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    fetch.add_argument("--benchmark", required=True, choices=sorted(SOURCE_PAGES))
     fetch.add_argument("--data-dir", required=True)
     fetch.add_argument("--overwrite", action="store_true")
 

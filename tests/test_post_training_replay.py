@@ -1,0 +1,149 @@
+"""The ``post-training`` benchmark: a replay of a (tiny) corpus v2 generated for real."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from objectives.post_training.mini_corpus import V2, MiniScale, generate
+from objectives.post_training.replay import RUNGS, load_post_training
+from objectives.post_training.search_space import tiny_space
+from objectives.registry import POST_TRAINING_JOURNAL, load_benchmark, post_training_group
+from optuna_autopipe.bench.harness import BenchSpec, run_bench
+from optuna_autopipe.early_stop import CHECKPOINT_ATTR, verify
+
+pytestmark = pytest.mark.slow
+
+DATASETS = ("compare-swap", "yesno")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """A data directory holding a corpus v2 journal: 2 datasets x 4 tiny runs."""
+    mp = pytest.MonkeyPatch()
+    base = tmp_path_factory.getbasetemp()
+    mp.setenv("AUTOPIPE_CACHE", str(base / "cache"))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("HF_DATASETS_OFFLINE", "1")
+    scale = MiniScale(
+        n_sft=32,
+        n_rl=16,
+        n_eval=5,
+        rl_max_steps=4,
+        max_completion_length=8,
+        rl_fidelities=(0.0, 0.25, 0.5),
+    )
+    corpus = dataclasses.replace(V2, scale=scale, space=tiny_space(rl_lr=(1e-4, 3e-4, 1e-3)))
+    data = base / "data"
+    generate(data / "post-training", corpus=corpus, runs=4, workers=1, datasets=DATASETS)
+    yield data
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def tasks(root):
+    return {t.name: t for t in load_post_training(root / POST_TRAINING_JOURNAL)}
+
+
+def test_each_dataset_replays_its_recorded_runs(tasks, root):
+    assert sorted(tasks) == sorted(DATASETS)
+    task = tasks["yesno"]
+    configs, scores = task.pool()
+    assert len(configs) == 4 and scores.shape == (4,)
+    assert task.n_steps == len(RUNGS) == 3
+    assert task.dataset_features["simple.rl_answer_yes_no_share"] == 1.0
+    for config, score in zip(configs, scores, strict=True):
+        assert task.resolve(config) == config and task.true_score(config) == score
+    # an unrecorded configuration maps to a recorded one
+    other = {name: dist.choices[0] for name, dist in task.search_space.items()}
+    assert task.resolve(other) in configs
+    benchmark = load_benchmark("post-training", data_dir=root)
+    assert benchmark.groups == {"compare-swap": "compare", "yesno": "yesno"}
+    assert post_training_group("compare+yesno-swap") == "compare+yesno"
+
+
+def _recorder(evaluations):
+    return lambda trial, evaluation: evaluations.__setitem__(trial.number, evaluation)
+
+
+def _run(task, config, **options):
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(config)
+    evaluations = {}
+    study.optimize(
+        task.objective(seed=0, on_evaluation=_recorder(evaluations), **options), n_trials=1
+    )
+    return study, evaluations
+
+
+def test_a_full_run_reports_every_rl_rung_and_costs_one_run(tasks):
+    task = tasks["compare-swap"]
+    config = task.pool()[0][0]
+    run = task.run_of(config)
+    study, evaluations = _run(task, config)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE and trial.value == run.scores[-1]
+    assert trial.intermediate_values == {k + 1: s for k, s in enumerate(run.scores)}
+    assert evaluations[0].fidelity == pytest.approx(1.0)
+    assert evaluations[0].cost == pytest.approx(1.0)
+    assert evaluations[0].cost_real == pytest.approx(run.full_seconds)
+
+
+def test_an_early_stop_is_inside_sft_and_its_promotion_pays_only_the_rest(tasks):
+    task = tasks["compare-swap"]
+    config = task.pool()[0][1]
+    run = task.run_of(config)
+    study, evaluations = _run(task, config, fraction=0.5)
+    stopped = study.trials[0]
+    assert stopped.state == TrialState.PRUNED
+    half = math.ceil(0.5 * run.sft_steps)
+    assert stopped.user_attrs[CHECKPOINT_ATTR] == f"replay:0:{half}"
+    assert math.isnan(evaluations[0].value)  # no score before any evaluation
+    assert evaluations[0].cost_real == pytest.approx(run.sft_seconds * half / run.sft_steps)
+    verify(study, stopped.params)
+    study.optimize(task.objective(seed=0, on_evaluation=_recorder(evaluations)), n_trials=1)
+    promoted = study.trials[1]
+    assert promoted.state == TrialState.COMPLETE and promoted.value == run.scores[-1]
+    total = evaluations[0].cost_real + evaluations[1].cost_real
+    assert total == pytest.approx(run.full_seconds)
+
+
+def test_a_pruner_stops_a_run_at_an_rl_rung(tasks):
+    task = tasks["yesno"]
+    config = task.pool()[0][2]
+    run = task.run_of(config)
+
+    class PruneAtFirstRung(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return True
+
+    study = optuna.create_study(direction="maximize", pruner=PruneAtFirstRung())
+    study.enqueue_trial(config)
+    evaluations = {}
+    study.optimize(task.objective(seed=0, on_evaluation=_recorder(evaluations)), n_trials=1)
+    assert study.trials[0].state == TrialState.PRUNED
+    assert evaluations[0].value == run.scores[0]  # the 25% rung
+    assert evaluations[0].cost_real == pytest.approx(run.seconds_at(0, 1))
+
+
+def test_the_bench_runs_the_papers_methods_on_the_replay(root, tmp_path):
+    spec = BenchSpec(
+        benchmark="post-training",
+        methods=("random", "tpe", "bohb", "random-es", "offline", "autopipe"),
+        out=tmp_path / "out",
+        budget=3,
+        seeds=1,
+        workers=1,
+        data_dir=str(root),
+    )
+    table = pd.read_csv(run_bench(spec).results)
+    assert set(table["method"]) == set(spec.methods)
+    assert set(table["dataset"]) == set(DATASETS)
+    assert np.isfinite(table["regret"]).all() and (table["regret"] >= -1e-12).all()
+    assert (table["cost"] <= spec.budget + 1e-9).all()
