@@ -217,7 +217,7 @@ class ReplayTask(abc.ABC):
 
         def run(trial: optuna.trial.Trial) -> float:
             config = {name: suggest(trial, name, dist) for name, dist in self.search_space.items()}
-            source, start = _resumed(trial)
+            source, start = resumed(trial)
             curve = self.curve(config, np.random.default_rng([seed, source]))
             if curve.config != config:
                 trial.set_user_attr("mapped_to", curve.config)
@@ -263,7 +263,17 @@ class ReplayTask(abc.ABC):
         on_evaluation: Callable[[optuna.trial.Trial, Evaluation], None] | None,
         start: int = 0,
     ) -> Evaluation:
-        evaluation = self._evaluation(curve, n, start)
+        return self._record(trial, self._evaluation(curve, n, start), spent, on_evaluation)
+
+    def _record(
+        self,
+        trial: optuna.trial.Trial,
+        evaluation: Evaluation,
+        spent: list[float],
+        on_evaluation: Callable[[optuna.trial.Trial, Evaluation], None] | None,
+    ) -> Evaluation:
+        """Charge ``evaluation`` to the study (``spent``), write its fidelity and costs on the
+        trial and pass it to ``on_evaluation``."""
         spent[0] += evaluation.cost
         trial.set_user_attr("fidelity", evaluation.fidelity)
         trial.set_user_attr("cost", evaluation.cost)
@@ -274,7 +284,7 @@ class ReplayTask(abc.ABC):
         return evaluation
 
 
-def _resumed(trial: optuna.trial.Trial) -> tuple[int, int]:
+def resumed(trial: optuna.trial.Trial) -> tuple[int, int]:
     """(trial whose run this is, steps already run): ``(trial.number, 0)`` for a fresh run,
     the early-stopped trial and its stop step for a promotion resuming a replay checkpoint."""
     checkpoint = resume_checkpoint(trial)

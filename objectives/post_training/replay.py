@@ -39,9 +39,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
 from objectives.post_training.objective import COST_ATTR, RL_FIDELITY_ATTR
-from objectives.replay import BudgetExhausted, Config, Curve, Evaluation, ReplayTask
+from objectives.replay import BudgetExhausted, Config, Curve, Evaluation, ReplayTask, resumed
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics, stop_step
-from optuna_autopipe.early_stop import CHECKPOINT_ATTR, AutoPipeEarlyStop, resume_checkpoint
+from optuna_autopipe.early_stop import CHECKPOINT_ATTR, AutoPipeEarlyStop
 from optuna_autopipe.profile import DatasetProfile
 from optuna_autopipe.space import suggest
 
@@ -183,7 +183,7 @@ class PostTrainingTask(ReplayTask):
             recorded = self.run_of(config)
             if recorded.config != config:
                 trial.set_user_attr("mapped_to", recorded.config)
-            start = _resumed_step(trial)
+            _, start = resumed(trial)  # a promotion resumes its early stop's SFT step
             early = fraction < 1.0
             hook = AutoPipeEarlyStop(
                 trial,
@@ -243,14 +243,7 @@ class PostTrainingTask(ReplayTask):
             cost=added / run.full_seconds,
             cost_real=added,
         )
-        spent[0] += evaluation.cost
-        trial.set_user_attr("fidelity", evaluation.fidelity)
-        trial.set_user_attr("cost", evaluation.cost)
-        trial.set_user_attr("cost_real", evaluation.cost_real)
-        trial.set_user_attr("cost_unit", self.cost_unit)
-        if on_evaluation is not None:
-            on_evaluation(trial, evaluation)
-        return evaluation
+        return self._record(trial, evaluation, spent, on_evaluation)
 
 
 def _logged(dynamics: TrainingDynamics, step: int) -> dict[str, float]:
@@ -261,14 +254,6 @@ def _logged(dynamics: TrainingDynamics, step: int) -> dict[str, float]:
         for s, value in series
         if s == step and value is not None
     }
-
-
-def _resumed_step(trial: optuna.trial.Trial) -> int:
-    """The SFT step a promoted trial resumes after (0 for a fresh run)."""
-    checkpoint = resume_checkpoint(trial)
-    if checkpoint is None or not checkpoint.startswith("replay:"):
-        return 0
-    return int(checkpoint.rsplit(":", 1)[1])
 
 
 def load_post_training(journal: str | Path) -> list[PostTrainingTask]:
