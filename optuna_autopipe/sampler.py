@@ -347,7 +347,10 @@ class AutoPipeSampler(BaseSampler):
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
-        space = self.search_space if self.search_space is not None else self._shown_space(study)
+        if self.search_space is not None:
+            space = self.search_space
+        else:
+            space = self._shown_space(study.get_trials(deepcopy=False, states=_SHOWN))
         return {name: dist for name, dist in space.items() if not dist.single()}
 
     def sample_relative(
@@ -357,9 +360,10 @@ class AutoPipeSampler(BaseSampler):
             raise ValueError("AutoPipeSampler optimises one objective; this study has several.")
         if not search_space or set(search_space) <= set(trial.system_attrs.get("fixed_params", {})):
             return {}
-        self._warn_missing_prior_params(study)
+        trials = study.get_trials(deepcopy=False)  # read once per suggestion
+        self._warn_missing_prior_params(trials)
         with self._lock:
-            config = self._suggest(study, trial, self._candidate_space(study))
+            config = self._suggest(study, trial, self._candidate_space(trials), trials)
         return {n: config[n] for n in search_space if config.get(n) is not None}
 
     def sample_independent(
@@ -412,19 +416,22 @@ class AutoPipeSampler(BaseSampler):
 
     # --- the search space ----------------------------------------------------------------
 
-    def _shown_space(self, study: optuna.Study) -> dict[str, BaseDistribution]:
-        """The union of the spaces the study's finished and failed trials show (a parameter
-        suggested with different distributions is left out, like Optuna's intersection)."""
+    def _shown_space(self, trials: Sequence[FrozenTrial]) -> dict[str, BaseDistribution]:
+        """The union of the spaces the study's finished and failed trials (among ``trials``)
+        show (a parameter suggested with different distributions is left out, like Optuna's
+        intersection)."""
         space: dict[str, BaseDistribution] = {}
         conflicting: set[str] = set()
-        for trial in study.get_trials(deepcopy=False, states=_SHOWN):
+        for trial in (t for t in trials if t.state in _SHOWN):
             for name, dist in trial.distributions.items():
                 if space.setdefault(name, dist) != dist:
                     conflicting.add(name)
         return {n: d for n, d in space.items() if n not in conflicting}
 
     def _candidate_space(
-        self, study: optuna.Study, overrides: Mapping[str, BaseDistribution] | None = None
+        self,
+        trials: Sequence[FrozenTrial],
+        overrides: Mapping[str, BaseDistribution] | None = None,
     ) -> dict[str, BaseDistribution]:
         """The space the sampler chooses in, single-valued parameters included:
         ``search_space``, or the study's shown space and ``overrides`` plus, when they share
@@ -432,15 +439,15 @@ class AutoPipeSampler(BaseSampler):
         distributions)."""
         if self.search_space is not None:
             return {**self.search_space, **(overrides or {})}
-        space = {**self._shown_space(study), **(overrides or {})}
+        space = {**self._shown_space(trials), **(overrides or {})}
         known = self.prior.ranker.encoder.space if self.prior is not None else {}  # type: ignore[union-attr]
         return {**known, **space} if set(known) & set(space) else space
 
-    def _relative_space(self, study: optuna.Study) -> dict[str, BaseDistribution]:
+    def _relative_space(self, trials: Sequence[FrozenTrial]) -> dict[str, BaseDistribution]:
         """The multi-valued parameters of ``_candidate_space``: what observations hold."""
-        return {n: d for n, d in self._candidate_space(study).items() if not d.single()}
+        return {n: d for n, d in self._candidate_space(trials).items() if not d.single()}
 
-    def _warn_missing_prior_params(self, study: optuna.Study) -> None:
+    def _warn_missing_prior_params(self, trials: Sequence[FrozenTrial]) -> None:
         """Warn (once) when no finished trial holds a parameter the prior scores and its
         corpus always held, while they hold others of its parameters: the objective may not
         suggest it (or only on a branch not run yet); the prior scores it as missing."""
@@ -448,8 +455,7 @@ class AutoPipeSampler(BaseSampler):
             return
         ranker = self.prior.ranker
         known = set(ranker.encoder.space)  # type: ignore[union-attr]
-        finished = study.get_trials(deepcopy=False, states=_SHOWN[:2])
-        held = {n for t in finished for n in t.params}
+        held = {n for t in trials if t.state in _SHOWN[:2] for n in t.params}
         missing = sorted(known - ranker.conditional - held) if known & held else []
         if missing and f"<missing {missing}>" not in self._warned:
             self._warned.add(f"<missing {missing}>")
@@ -469,13 +475,14 @@ class AutoPipeSampler(BaseSampler):
         trial's choice so far when that agrees with what the trial holds and fits ``dist``,
         else chosen anew with the rest of the configuration among candidates that agree."""
         self._check_prior_space({name: dist}, complete=False)
-        space = self._candidate_space(study, {**trial.distributions, name: dist})
+        trials = study.get_trials(deepcopy=False)
+        space = self._candidate_space(trials, {**trial.distributions, name: dist})
         with self._lock:
             context = self._context.get(trial.number)
             config = context.config if context is not None else {}
             agrees = all(config.get(n, v) == v for n, v in trial.params.items())
             if not (agrees and name in config and _contains(dist, config[name])):
-                config = self._suggest(study, trial, space)
+                config = self._suggest(study, trial, space, trials)
             value = config.get(name)
         if value is None or not _contains(dist, value):
             return self._independent.sample_independent(study, trial, name, dist)
@@ -484,12 +491,16 @@ class AutoPipeSampler(BaseSampler):
     # --- one suggestion ------------------------------------------------------------------
 
     def _suggest(
-        self, study: optuna.Study, trial: FrozenTrial, full_space: dict[str, BaseDistribution]
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        full_space: dict[str, BaseDistribution],
+        trials: Sequence[FrozenTrial],
     ) -> dict[str, Any]:
         """The configuration chosen in ``full_space`` (module docstring; single-valued
         parameters left out, inactive ones ``None``), among candidates that agree with the
-        values the trial holds or the study fixes for it; writes the explanation attrs."""
-        trials = study.get_trials(deepcopy=False)
+        values the trial holds or the study fixes for it; writes the explanation attrs.
+        ``trials``: the study's trials, read once for the suggestion."""
         base = self._candidates(full_space)
         space = {n: d for n, d in full_space.items() if not d.single()}
         encoder = SpaceEncoder(space)
@@ -986,7 +997,7 @@ class AutoPipeSampler(BaseSampler):
 
     def _recommend(self, study: optuna.Study, rule: str) -> dict[str, Any]:
         trials = study.get_trials(deepcopy=False)
-        space = self._relative_space(study)
+        space = self._relative_space(trials)
         observed = self._observations(trials, space, study.direction) if space else []
         full = [o for o in observed if o.full]
         verified = any(
@@ -1006,7 +1017,7 @@ class AutoPipeSampler(BaseSampler):
         configs = [o.config for o in observed]
         if rule == "proxy":
             return dict(configs[int(np.argmax([o.z for o in observed]))])
-        base = self._candidates(self._candidate_space(study))
+        base = self._candidates(self._candidate_space(trials))
         prior = self._prior_scores(configs, base)
         encoder = SpaceEncoder(space)
         lam = self._lambda(self.budget, observed, base)
@@ -1024,7 +1035,7 @@ class AutoPipeSampler(BaseSampler):
         configurations the study already ran at full fidelity: what
         ``promotion.promote_best`` promotes."""
         trials = study.get_trials(deepcopy=False)
-        space = self._relative_space(study)
+        space = self._relative_space(trials)
         if not space:
             return []
         observed = self._observed(trials, space, study.direction)
