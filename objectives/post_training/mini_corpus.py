@@ -113,7 +113,7 @@ V1 = MiniCorpus(
     scale=DEFAULT_SCALE,
     space=tiny_space(),
 )
-#: The two-stage testbed (issue 15): ten datasets; five learn an imperfect teacher's answer
+#: The two-stage testbed (issue 15): ten datasets; four learn an imperfect teacher's answer
 #: swaps in SFT, which only RL with the accuracy reward can undo.
 V2 = MiniCorpus(
     name="v2",

@@ -76,6 +76,25 @@ class StageFailure(Exception):
         self.stage, self.kind, self.reason = stage, kind, reason
 
 
+@contextmanager
+def _failures(stage: str):  # type: ignore[no-untyped-def]
+    """Turn an exception inside ``stage`` into a ``StageFailure`` of its kind: ``diverged``
+    (a NaN/inf loss), ``out_of_memory`` or ``crashed``; a pruned trial passes through."""
+    import torch
+
+    try:
+        yield
+    except optuna.TrialPruned:
+        raise
+    except Diverged as exc:
+        raise StageFailure(stage, "diverged", str(exc)) from exc
+    except torch.OutOfMemoryError as exc:
+        raise StageFailure(stage, "out_of_memory", str(exc).splitlines()[0]) from exc
+    except Exception as exc:
+        kind = "out_of_memory" if "out of memory" in str(exc).lower() else "crashed"
+        raise StageFailure(stage, kind, f"{type(exc).__name__}: {exc}") from exc
+
+
 @dataclass
 class _Ledger:
     """Per-stage wall clock, GPU-hours and peak memory of one trial."""
@@ -91,16 +110,8 @@ class _Ledger:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         try:
-            yield
-        except optuna.TrialPruned:
-            raise
-        except Diverged as exc:
-            raise StageFailure(name, "diverged", str(exc)) from exc
-        except torch.OutOfMemoryError as exc:
-            raise StageFailure(name, "out_of_memory", str(exc).splitlines()[0]) from exc
-        except Exception as exc:
-            kind = "out_of_memory" if "out of memory" in str(exc).lower() else "crashed"
-            raise StageFailure(name, kind, f"{type(exc).__name__}: {exc}") from exc
+            with _failures(name):
+                yield
         finally:
             seconds = time.perf_counter() - start
             self.stages[name] = {
@@ -314,11 +325,9 @@ class PostTrainingObjective:
         """One ``autopipe:rl_fidelity`` entry: the suite's scores of the model in
         ``model_dir``, with the GRPO seconds before it and the evaluation's own seconds."""
         started = time.perf_counter()
-        try:
+        with _failures("eval"):
             model, tokenizer = load_model(str(model_dir), self.hardware)
             scores = evaluate(model, tokenizer, self.eval_suite, device=self.hardware.device)
-        except Exception as exc:
-            raise StageFailure("eval", "crashed", f"{type(exc).__name__}: {exc}") from exc
         return {
             "score": suite_score(scores, self.eval_suite.benchmarks),
             "scores": scores,

@@ -68,6 +68,17 @@ class RecordedRun:
     def sft_steps(self) -> int:
         return int(self.dynamics.total_steps)
 
+    @cached_property
+    def logged(self) -> dict[int, dict[str, float]]:
+        """Per SFT step, the scalars the run logged there (built once per run: a replay feeds
+        them to the hook step by step)."""
+        by_step: dict[int, dict[str, float]] = {}
+        for name, series in self.dynamics.metrics.items():
+            for step, value in series:
+                if value is not None:
+                    by_step.setdefault(int(step), {})[name] = float(value)
+        return by_step
+
     @property
     def full_seconds(self) -> float:
         return self.sft_seconds + self.rung_seconds[-1]
@@ -195,7 +206,7 @@ class PostTrainingTask(ReplayTask):
             last = stop_step(recorded.sft_steps, fraction) if early else recorded.sft_steps
             for step in range(start + 1, last + 1):
                 # NaN: no intermediate value in SFT, the pruners' axis is the RL rungs
-                hook.report(step, _logged(recorded.dynamics, step), intermediate=math.nan)
+                hook.report(step, recorded.logged.get(step, {}), intermediate=math.nan)
             if early:
                 self._finish(trial, recorded, spent, on_evaluation, start, last, 0)
                 trial.set_user_attr(CHECKPOINT_ATTR, f"replay:{trial.number}:{last}")
@@ -244,16 +255,6 @@ class PostTrainingTask(ReplayTask):
             cost_real=added,
         )
         return self._record(trial, evaluation, spent, on_evaluation)
-
-
-def _logged(dynamics: TrainingDynamics, step: int) -> dict[str, float]:
-    """The scalars a run logged at ``step`` (metrics not logged there are absent)."""
-    return {
-        name: float(value)
-        for name, series in dynamics.metrics.items()
-        for s, value in series
-        if s == step and value is not None
-    }
 
 
 def load_post_training(journal: str | Path) -> list[PostTrainingTask]:

@@ -205,8 +205,10 @@ def _snapshot_callback(
     fractions: Sequence[float], output_dir: Path, saved: dict[float, tuple[Path, float]]
 ) -> Any:
     """A ``TrainerCallback`` that saves the model (and tokenizer) after ``ceil(f * max_steps)``
-    steps for each fraction ``f`` to ``output_dir / "rl-<f>"``, and records there in ``saved``
-    the folder and the training seconds spent up to that step."""
+    steps for each fraction ``f`` to ``output_dir / "rl-<f>"`` and records in ``saved`` the
+    folder and the training seconds up to that step; at the end of training, ``saved[1.0]``
+    holds ``output_dir / "model"`` (where the caller saves the final model) and the seconds of
+    the whole training, on the same clock."""
     from transformers import TrainerCallback
 
     at: dict[int, list[float]] = {}
@@ -224,6 +226,9 @@ def _snapshot_callback(
                 kwargs["model"].save_pretrained(str(folder))
                 kwargs["processing_class"].save_pretrained(str(folder))
                 saved[f] = (folder, time.perf_counter() - started[0])
+
+        def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+            saved[1.0] = (output_dir / "model", time.perf_counter() - started[0])
 
     return SnapshotCallback()
 
@@ -282,9 +287,7 @@ def run_grpo(
         processing_class=tokenizer,
         callbacks=[_snapshot_callback(snapshots, output_dir, saved)],
     )
-    started = time.perf_counter()
     _train(trainer, "GRPO")
-    seconds = time.perf_counter() - started
     if trainer.state.global_step < trainer.state.max_steps:
         prompts = per_device * accumulation // rollouts
         raise RuntimeError(
@@ -293,4 +296,4 @@ def run_grpo(
             f"rl_rollouts {rollouts}); give it at least {prompts} RL prompts."
         )
     trainer.save_model(str(output_dir / "model"))  # the tokenizer too (processing_class)
-    return trainer, {**saved, 1.0: (output_dir / "model", seconds)}
+    return trainer, saved
