@@ -191,6 +191,12 @@ def test_write_dataset_writes_disjoint_splits(tmp_path, name):
     other = write_dataset(name, tmp_path / "c", n_sft=64, n_rl=16, n_eval=20, difficulty=0, seed=1)
     assert other.sft.read_bytes() != files.sft.read_bytes()
     assert not list(tmp_path.rglob("*.partial"))
+    same_level = write_dataset(
+        name, tmp_path / "d", n_sft=64, n_rl=16, n_eval=20, difficulty=0, hard=False
+    )
+    assert [p.name for p in same_level.eval] == ["test.jsonl"]
+    assert same_level.eval[0].read_bytes() == files.eval[0].read_bytes()
+    assert not (tmp_path / "d" / "eval" / "hard.jsonl").exists()
 
 
 def test_write_dataset_rejects_bad_arguments(tmp_path):

@@ -65,7 +65,7 @@ def test_each_dataset_replays_its_recorded_runs(tasks, root):
     assert task.resolve(other) in configs
     benchmark = load_benchmark("post-training", data_dir=root)
     assert benchmark.groups == {"compare-swap": "compare", "yesno": "yesno"}
-    assert post_training_group("compare+yesno-swap") == "compare+yesno"
+    assert post_training_group("compare+retrieval-swap") == "compare+retrieval"
 
 
 def _recorder(evaluations):

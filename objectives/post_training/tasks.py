@@ -24,9 +24,9 @@ some SFT completions, which SFT learns and the accuracy reward of RL can correct
 
 Files (``write_dataset``): ``sft.jsonl`` records ``{"prompt", "completion"}`` with completion
 ``"<reasoning>\\nAnswer: <answer>"``; ``rl.jsonl`` and the eval benchmarks
-``eval/test.jsonl`` (same level) and ``eval/hard.jsonl`` (level + 1; the same two names for every
-task, so that the meta-features of benchmark overlap mean the same across datasets) records
-``{"prompt", "answer"}``.
+``eval/test.jsonl`` (same level) and, unless ``hard=False``, ``eval/hard.jsonl`` (level + 1; the
+same names for every task, so that the meta-features of benchmark overlap mean the same across
+datasets) records ``{"prompt", "answer"}``.
 """
 
 from __future__ import annotations
@@ -272,12 +272,14 @@ def write_dataset(
     difficulty: int = 1,
     seed: int = 0,
     teacher: Teacher | None = None,
+    hard: bool = True,
 ) -> DatasetFiles:
-    """Write ``task``'s SFT, RL and two eval files (module docstring) under ``out_dir``.
+    """Write ``task``'s SFT, RL and eval files (module docstring) under ``out_dir``.
 
     ``task``: a task name or several (a mixture, ``mixture``). Each split has its own random
     stream derived from ``seed``; eval prompts are distinct and appear neither in the SFT nor
     in the RL prompts. ``teacher`` writes the SFT completions (default: always right).
+    ``hard=False``: ``eval/test.jsonl`` only (no level + 1 benchmark).
     """
     spec = mixture([task] if isinstance(task, str) else list(task))
     if min(n_sft, n_rl, n_eval) < 1:
@@ -293,7 +295,9 @@ def write_dataset(
     rl = _draw(spec, rng("rl"), difficulty, n_rl)
     seen = {e.prompt for e in sft + rl}
     test = _draw(spec, rng("test"), difficulty, n_eval, seen)
-    hard = _draw(spec, rng("hard"), difficulty + 1, n_eval, seen)
+    benchmarks = {"test": test}
+    if hard:
+        benchmarks["hard"] = _draw(spec, rng("hard"), difficulty + 1, n_eval, seen)
     if teacher is not None:
         errors = rng("teacher")
         sft = [teacher.teach(e, errors) for e in sft]
@@ -307,7 +311,7 @@ def write_dataset(
                 out / "eval" / f"{name}.jsonl",
                 ({"prompt": e.prompt, "answer": e.answer} for e in examples),
             )
-            for name, examples in (("test", test), ("hard", hard))
+            for name, examples in benchmarks.items()
         ),
     )
 
