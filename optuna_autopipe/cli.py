@@ -2,7 +2,7 @@
 
     autopipe bench --benchmark {nmt,lcbench} --methods random,tpe,... --budget 15 --seeds 5 \
         [--storage URL] [--protocol P [--sources K]] [--prior-noise MODE] --out DIR
-    autopipe demo [--out DIR] [--budget N]
+    autopipe demo [--out DIR] [--budget N] [--seeds N] [--workers K] [--corpus corpus.jsonl]
     autopipe corpus generate --out DIR [--runs N] [--workers K] [--datasets A,B]
     autopipe corpus report --out DIR [--seed-spread DATASET]
     autopipe fit-prior (--storage URL --studies A,B,... | --benchmark NAME) --out DIR \
@@ -67,8 +67,16 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="AutoPipe vs TPE, live, with the real pipeline (the README's main job)"
     )
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--budget", type=_positive, default=10, help="early-stopped trials")
-    demo.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1")
+    demo.add_argument("--budget", type=_positive, default=8, help="early-stopped trials")
+    demo.add_argument(
+        "--seeds", type=_positive, default=3, help="seeds 0..N-1 (seed k: held-out dataset k %% 3)"
+    )
+    demo.add_argument("--workers", type=_positive, default=2, help="jobs run at once")
+    demo.add_argument(
+        "--corpus",
+        default=None,
+        help="corpus.jsonl to fit the prior on (default: the bundled corpus v2)",
+    )
 
     corpus = commands.add_parser("corpus", help="the mini corpus of real pipeline runs")
     corpus_commands = corpus.add_subparsers(dest="corpus_command", required=True)
@@ -224,7 +232,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from objectives.post_training.demo import run_demo
 
-            run_demo(args.out, budget=args.budget, seeds=range(args.seeds))
+            paths = {} if args.corpus is None else {"corpus_path": args.corpus}
+            run_demo(
+                args.out,
+                budget=args.budget,
+                seeds=range(args.seeds),
+                workers=args.workers,
+                **paths,
+            )
             return 0
         if args.command == "corpus":
             return _generate_corpus(args)

@@ -2,48 +2,27 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from conftest import TINY_V2_DATASETS as DATASETS
 from optuna.trial import TrialState
 
-from objectives.post_training.mini_corpus import V2, MiniScale, generate
 from objectives.post_training.replay import RUNGS, load_post_training
-from objectives.post_training.search_space import tiny_space
 from objectives.registry import POST_TRAINING_JOURNAL, load_benchmark, post_training_group
 from optuna_autopipe.bench.harness import BenchSpec, run_bench
 from optuna_autopipe.early_stop import CHECKPOINT_ATTR, verify
 
 pytestmark = pytest.mark.slow
 
-DATASETS = ("compare-swap", "yesno")
-
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
+def root(tiny_v2):
     """A data directory holding a corpus v2 journal: 2 datasets x 4 tiny runs."""
-    mp = pytest.MonkeyPatch()
-    base = tmp_path_factory.getbasetemp()
-    mp.setenv("AUTOPIPE_CACHE", str(base / "cache"))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    mp.setenv("HF_DATASETS_OFFLINE", "1")
-    scale = MiniScale(
-        n_sft=32,
-        n_rl=16,
-        n_eval=5,
-        rl_max_steps=4,
-        max_completion_length=8,
-        rl_fidelities=(0.0, 0.25, 0.5),
-    )
-    corpus = dataclasses.replace(V2, scale=scale, space=tiny_space(rl_lr=(1e-4, 3e-4, 1e-3)))
-    data = base / "data"
-    generate(data / "post-training", corpus=corpus, runs=4, workers=1, datasets=DATASETS)
-    yield data
-    mp.undo()
+    return tiny_v2[1]
 
 
 @pytest.fixture(scope="module")

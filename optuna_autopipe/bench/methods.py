@@ -6,7 +6,7 @@ from the study. Adding a method is one ``@register("name")`` function.
 
 Budgets: full-fidelity methods get ``budget`` full evaluations; ``bohb`` gets the same total
 cost (``budget`` full-run equivalents) spent through Hyperband; ``random1`` and ``global``
-evaluate one configuration; the early-stop variants (``random-es``, ``tpe-es``) get
+evaluate one configuration; the early-stop variants (``random-es``, ``tpe-es``, ``smac-es``) get
 ``budget`` evaluations stopped at 50% plus one full verification run.
 """
 
@@ -126,7 +126,7 @@ def method_revision(name: str) -> int:
 
 #: Methods registered by their own modules, imported on first use (optional dependencies).
 _LAZY = {
-    "smac": ("optuna_autopipe.bench.smac_method", "smac"),
+    **{name: ("optuna_autopipe.bench.smac_method", "smac") for name in ("smac", "smac-es")},
     "offline": ("optuna_autopipe.bench.offline_method", None),
     **{
         name: ("optuna_autopipe.bench.early_stop_method", None)

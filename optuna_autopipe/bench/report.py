@@ -165,6 +165,11 @@ def _references(
     return references
 
 
+#: The method whose cost the summary's relative cost column divides by (paper Table 4.1's
+#: high-resource baseline; "nan%" when it was not run).
+REFERENCE_METHOD = "tpe"
+
+
 def mean_se(values: pd.Series) -> str:
     """``mean ± standard error`` to 3 decimals (the mean alone for fewer than 2 values)."""
     values = values.dropna()
@@ -187,20 +192,29 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
         "(regret / |best − median| of the reference pool, lower is better): mean ± s.e. across "
         "datasets of the per-dataset means over seeds; worst dataset: the highest of those "
         "per-dataset means; datasets > 1.0: how many of them exceed 1.0 (worse than the pool's "
-        f"median). Cost in full-run equivalents and in {table['cost_unit'].iloc[0]}. "
+        "median). Final score: the selected configuration's score, mean over datasets. "
+        f"Cost in full-run equivalents, in {table['cost_unit'].iloc[0]} and as a share of "
+        f"{REFERENCE_METHOD}'s (full runs). "
         "Sources per study: `sources` in results.csv.",
         "",
-        "| method | normalised regret | worst dataset | datasets > 1.0 | regret "
-        "| cost (full runs) | cost (real) | evaluations |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | normalised regret | worst dataset | datasets > 1.0 | final score | regret "
+        f"| cost (full runs) | cost (real) | cost / {REFERENCE_METHOD}'s | evaluations |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    reference_cost = (
+        per_dataset.loc[REFERENCE_METHOD, "cost_real"].mean()
+        if REFERENCE_METHOD in methods
+        else float("nan")
+    )
     for method in methods:
         rows = per_dataset.loc[method]
         regrets = rows["normalized_regret"]
         lines.append(
             f"| {method} | {mean_se(regrets)} | {regrets.idxmax()}: {regrets.max():.3f} "
-            f"| {int((regrets > 1.0).sum())} | {mean_se(rows['regret'])} "
+            f"| {int((regrets > 1.0).sum())} | {rows['score'].mean():.4g} "
+            f"| {mean_se(rows['regret'])} "
             f"| {rows['cost'].mean():.2f} | {rows['cost_real'].mean():.4g} "
+            f"| {rows['cost_real'].mean() / reference_cost:.0%} "
             f"| {rows['n_evals'].mean():.1f} |"
         )
     datasets = list(dict.fromkeys(table["dataset"]))

@@ -1,0 +1,70 @@
+"""``autopipe demo``: AutoPipe vs TPE on a held-out dataset, with a tiny corpus and pipeline."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from objectives.post_training.demo import HELD_OUT, run_demo
+from objectives.post_training.mini_corpus import V2, MiniDataset
+from optuna_autopipe.early_stop import PROMOTED_FROM_ATTR
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_compares_at_equal_pipeline_time_and_prints_only_its_own_lines(
+    tiny_v2, tmp_path, capfd
+):
+    corpus, data = tiny_v2
+    out = tmp_path / "demo"
+    held_out = HELD_OUT[1]
+    outcomes = run_demo(
+        out,
+        budget=3,
+        seeds=(0,),
+        workers=1,
+        corpus=corpus,
+        corpus_path=data / "post-training" / "corpus.jsonl",
+        held_out=(held_out,),
+    )
+    printed = capfd.readouterr()
+    assert [o.method for o in outcomes] == ["autopipe", "tpe"]
+    mine, theirs = outcomes
+    assert theirs.seconds >= mine.seconds > 0 and mine.dataset == held_out.name
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "demo.journal")))
+    study = optuna.load_study(study_name=f"autopipe-{held_out.name}-seed0", storage=storage)
+    early = [t for t in study.trials if PROMOTED_FROM_ATTR not in t.user_attrs]
+    assert len(early) == 3 and all(t.state == TrialState.PRUNED for t in early)
+    verified = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert verified and max(t.value for t in verified) == mine.score
+    assert (out / "regret_vs_pipeline_time.png").stat().st_size > 0
+    text = printed.out + printed.err
+    assert f"optuna-dashboard {out / 'demo.journal'}" in text
+    assert "AutoPipe better on" in text
+    # one line per study, no library warnings or inner progress bars
+    assert text.count(f"{held_out.name:20} seed 0:") == 2
+    for noise in ("Warning", "%|", "it/s]"):
+        assert noise not in text, text
+    # a rerun resumes: nothing new is run
+    again = run_demo(
+        out,
+        budget=3,
+        seeds=(0,),
+        workers=1,
+        corpus=corpus,
+        corpus_path=data / "post-training" / "corpus.jsonl",
+        held_out=(held_out,),
+    )
+    assert [(o.trials, o.seconds) for o in again] == [(o.trials, o.seconds) for o in outcomes]
+
+
+def test_demo_refuses_a_held_out_dataset_of_the_corpus(tmp_path):
+    with pytest.raises(ValueError, match=r"Held-out datasets \['yesno'\] are in corpus v2"):
+        run_demo(tmp_path, held_out=(MiniDataset(name="yesno", tasks=("yesno",)),), corpus=V2)
+
+
+def test_held_out_datasets_are_not_in_the_corpus():
+    assert not {d.name for d in HELD_OUT} & {d.name for d in V2.datasets}
+    assert not {d.folder for d in HELD_OUT} & {d.folder for d in V2.datasets}
