@@ -104,13 +104,18 @@ def _lcbench(root: Any, *, noise_sd: float = 1.0, pool_size: int = 10_000, **_: 
 
 
 def _post_training(root: Any, **_: Any) -> Benchmark:
+    from objectives.post_training.bundle import BUNDLED, JOURNAL_XZ, bundled_journal
     from objectives.post_training.replay import load_post_training
 
-    tasks = load_post_training(root / POST_TRAINING_JOURNAL)
+    journal = root / POST_TRAINING_JOURNAL
+    if not journal.exists() and (BUNDLED / JOURNAL_XZ).is_file():
+        journal = bundled_journal()
+    tasks = load_post_training(journal)
     return Benchmark("post-training", tasks, {t.name: post_training_group(t.name) for t in tasks})
 
 
-#: Where ``post-training`` reads its corpus under the data directory.
+#: Where ``post-training`` reads its corpus under the data directory (else: the bundled
+#: corpus, ``objectives.post_training.bundle``).
 POST_TRAINING_JOURNAL = "post-training/runs.journal"
 
 

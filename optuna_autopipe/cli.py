@@ -5,6 +5,7 @@
     autopipe demo [--out DIR] [--budget N] [--seeds N] [--workers K] [--corpus corpus.jsonl]
     autopipe corpus generate --out DIR [--runs N] [--workers K] [--datasets A,B]
     autopipe corpus report --out DIR [--seed-spread DATASET]
+    autopipe corpus bundle --out DIR
     autopipe fit-prior (--storage URL --studies A,B,... | --benchmark NAME) --out DIR \
         [--fractions 0.25,0.5,0.75]
     autopipe prior-report --benchmark {nmt,lcbench} --out DIR
@@ -82,18 +83,22 @@ def _parser() -> argparse.ArgumentParser:
     corpus_commands = corpus.add_subparsers(dest="corpus_command", required=True)
     generate = corpus_commands.add_parser("generate", help="run (or resume) the generation")
     generate.add_argument("--out", required=True)
-    generate.add_argument("--corpus", choices=("v1", "v2"), default="v1", help="which corpus")
+    generate.add_argument("--corpus", choices=("v1", "v2"), default="v2", help="which corpus")
     generate.add_argument("--runs", type=_positive, default=48, help="runs per dataset")
     generate.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
     generate.add_argument("--datasets", type=_methods, default=None, help="comma-separated")
     generate.add_argument("--seed", type=int, default=0)
     summary = corpus_commands.add_parser("report", help="score spread, importances, seed spread")
     summary.add_argument("--out", required=True, help="the generation's folder")
-    summary.add_argument("--corpus", choices=("v1", "v2"), default="v1", help="which corpus")
+    summary.add_argument("--corpus", choices=("v1", "v2"), default="v2", help="which corpus")
     summary.add_argument("--datasets", type=_methods, default=None, help="comma-separated")
     summary.add_argument(
         "--seed-spread", default=None, help="first re-run 3 configurations of this dataset"
     )
+    shipped = corpus_commands.add_parser(
+        "bundle", help="copy a finished generation into the package (what the demo reads)"
+    )
+    shipped.add_argument("--out", required=True, help="the generation's folder")
 
     fit = commands.add_parser("fit-prior", help="fit the ranking prior on past runs")
     source = fit.add_mutually_exclusive_group(required=True)
@@ -246,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             return _worker(args)
         return _bench(args)
-    except (BenchmarkDataError, ValueError) as exc:
+    except (BenchmarkDataError, ValueError, FileNotFoundError) as exc:
         print(f"autopipe: error: {exc}", file=sys.stderr)
         return 2
 
@@ -301,6 +306,12 @@ def _generate_corpus(args: argparse.Namespace) -> int:
     from objectives.post_training.corpus_report import report, seed_spread
     from objectives.post_training.mini_corpus import CORPORA, generate
 
+    if args.corpus_command == "bundle":
+        from objectives.post_training.bundle import bundle
+
+        for path in bundle(args.out):
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        return 0
     corpus = CORPORA[args.corpus]
     datasets = args.datasets or [d.name for d in corpus.datasets]
     for name in datasets:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -261,3 +262,29 @@ def test_corpus_generation_resumes_and_records_rl_fidelities(tmp_path):
     assert row.split(" | ")[1] == "3"  # runs
     with pytest.raises(ValueError, match="Corpus v2 has no dataset 'nope'"):
         generate(out, corpus=corpus, runs=1, datasets=("nope",))
+
+
+def test_a_bundled_base_is_unpacked_instead_of_pretrained(tmp_path, monkeypatch):
+    import tarfile
+
+    from objectives.post_training import bundle, tiny_models
+
+    monkeypatch.setenv("AUTOPIPE_CACHE", str(tmp_path / "cache"))
+    built = Path(resolve_model("tiny/llama-0.1m"))  # random init: seconds
+    # a bundle holding that build under the pre-trained base's folder name
+    with tarfile.open(tmp_path / bundle.BASES_XZ, "w:xz") as archive:
+        archive.add(built, arcname="llama-0.1m-base-60000")
+    monkeypatch.setattr(bundle, "BUNDLED", tmp_path)
+
+    def no_pretraining(*_, **__):
+        raise AssertionError("a bundled base must not be pre-trained again")
+
+    monkeypatch.setattr(tiny_models, "build_tiny_model", no_pretraining)
+    base = Path(resolve_model("tiny/llama-0.1m-base"))
+    assert base.name == "llama-0.1m-base-60000"
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (base / name).read_bytes() == (built / name).read_bytes()
+    assert not list(base.parent.glob(".*partial"))
+    assert not bundle.unpack_base(base.parent / "llama-0.6m-base-60000")
+    with pytest.raises(AssertionError, match="must not be pre-trained"):
+        resolve_model("tiny/llama-0.6m-base")

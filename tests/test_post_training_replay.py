@@ -126,3 +126,31 @@ def test_the_bench_runs_the_papers_methods_on_the_replay(root, tmp_path):
     assert set(table["dataset"]) == set(DATASETS)
     assert np.isfinite(table["regret"]).all() and (table["regret"] >= -1e-12).all()
     assert (table["cost"] <= spec.budget + 1e-9).all()
+
+
+def test_a_bundled_corpus_is_what_the_benchmark_reads_without_data(root, tmp_path, monkeypatch):
+    from objectives.post_training import bundle
+    from objectives.post_training.corpus_report import report
+
+    generation = root / "post-training"
+    with pytest.raises(FileNotFoundError, match=r"report\.md not found"):
+        bundle.bundle(generation, tmp_path / "bundled")
+    (generation / "report.md").write_text(report(generation, list(DATASETS)))
+    written = bundle.bundle(generation, tmp_path / "bundled")
+    assert [p.name for p in written] == [*bundle.FILES, bundle.JOURNAL_XZ]
+    packed = tmp_path / "bundled" / bundle.JOURNAL_XZ
+    assert packed.stat().st_size < (generation / "runs.journal").stat().st_size
+    monkeypatch.setenv("AUTOPIPE_CACHE", str(tmp_path / "cache"))
+    journal = bundle.bundled_journal(tmp_path / "bundled")
+    assert journal.read_bytes() == (generation / "runs.journal").read_bytes()
+    assert bundle.bundled_journal(tmp_path / "bundled") == journal  # decompressed once
+    monkeypatch.setattr(bundle, "BUNDLED", tmp_path / "bundled")
+    empty = tmp_path / "no-data"
+    benchmark = load_benchmark("post-training", data_dir=empty)
+    own = load_benchmark("post-training", data_dir=root)
+    assert [t.name for t in benchmark.tasks] == [t.name for t in own.tasks]
+    for mine, theirs in zip(benchmark.tasks, own.tasks, strict=True):
+        np.testing.assert_array_equal(mine.pool()[1], theirs.pool()[1])
+    monkeypatch.setattr(bundle, "BUNDLED", tmp_path / "nothing")
+    with pytest.raises(FileNotFoundError, match="corpus journal"):
+        load_benchmark("post-training", data_dir=empty)

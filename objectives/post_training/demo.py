@@ -36,6 +36,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from objectives.post_training import bundle
 from objectives.post_training.mini_corpus import (
     V2,
     MiniCorpus,
@@ -53,7 +54,6 @@ from optuna_autopipe.prior import Prior, fit_prior
 from optuna_autopipe.promotion import promote_best
 from optuna_autopipe.sampler import AutoPipeSampler
 
-BUNDLED = Path(__file__).parent / "bundled"
 #: Early-stop point of the demo's AutoPipe (the benchmark's ``autopipe`` default).
 FRACTION = 0.25
 #: Held-out datasets (not in corpus v2): a harder relative of a corpus task, a new mixture,
@@ -109,9 +109,10 @@ def _outcome(method: str, dataset: str, seed: int, study: optuna.Study) -> Outco
     )
 
 
-def load_prior(out: Path, corpus_path: Path = BUNDLED / "corpus.jsonl") -> Prior:
-    """The prior fitted on ``corpus_path`` (regressor at ``FRACTION``), cached in
-    ``out/prior`` and refitted when the corpus file changes."""
+def load_prior(out: Path, corpus_path: Path | None = None) -> Prior:
+    """The prior fitted on ``corpus_path`` (default: the bundled corpus; regressor at
+    ``FRACTION``), cached in ``out/prior`` and refitted when the corpus file changes."""
+    corpus_path = bundle.BUNDLED / "corpus.jsonl" if corpus_path is None else corpus_path
     cached = out / "prior"
     digest = hashlib.sha256(Path(corpus_path).read_bytes()).hexdigest()
     stamp = cached / "corpus.sha256"
@@ -229,15 +230,15 @@ def run_demo(
     seeds: Sequence[int] = (0, 1, 2),
     workers: int = 2,
     corpus: MiniCorpus = V2,
-    corpus_path: str | Path = BUNDLED / "corpus.jsonl",
+    corpus_path: str | Path | None = None,
     held_out: Sequence[MiniDataset] = HELD_OUT,
 ) -> list[Outcome]:
     """Run the demo into ``out`` (journal ``demo.journal``, plot, prior), print the
     comparison and return every study's ``Outcome``.
 
-    ``corpus`` gives the scale and search space the corpus at ``corpus_path`` was generated
-    with; seed ``k`` runs on ``held_out[k % len(held_out)]``; ``workers`` jobs run at once
-    (one process each, one torch thread each).
+    ``corpus`` gives the scale and search space the corpus at ``corpus_path`` (default: the
+    bundled one) was generated with; seed ``k`` runs on ``held_out[k % len(held_out)]``;
+    ``workers`` jobs run at once (one process each, one torch thread each).
 
     Raises ``ValueError`` for a held-out dataset whose name is one of the corpus's.
     """
@@ -248,7 +249,7 @@ def run_demo(
         raise ValueError(f"Held-out datasets {clash} are in corpus {corpus.name}; rename them.")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    load_prior(out, Path(corpus_path))
+    load_prior(out, None if corpus_path is None else Path(corpus_path))
     jobs = [(str(out), corpus, held_out[k % len(held_out)], k, budget) for k in seeds]
     print(
         f"prior ready ({time.time() - started:.0f} s); {len(jobs)} jobs "

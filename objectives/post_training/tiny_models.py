@@ -72,7 +72,8 @@ def cache_dir() -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """A name ``from_pretrained`` understands: ``tiny/<name>`` is built locally (once)."""
+    """A name ``from_pretrained`` understands: ``tiny/<name>`` is built locally (once; a
+    pre-trained base the package bundles is unpacked instead, ``bundle.unpack_base``)."""
     if not name.startswith(TINY_PREFIX):
         return name
     key = name[len(TINY_PREFIX) :]
@@ -85,7 +86,10 @@ def resolve_model(name: str) -> str:
     # the pre-training size is part of the folder: a changed recipe never reads a stale build
     folder = cache_dir() / (f"{key}-{spec.pretrain}" if spec.pretrain else key)
     if not (folder / "config.json").exists():
-        build_tiny_model(spec, folder)
+        from objectives.post_training.bundle import unpack_base
+
+        if not (spec.pretrain and unpack_base(folder)):
+            build_tiny_model(spec, folder)
     return str(folder)
 
 
