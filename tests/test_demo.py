@@ -23,16 +23,22 @@ def test_demo_compares_at_equal_pipeline_time_and_prints_only_its_own_lines(
     outcomes = run_demo(
         out,
         budget=3,
-        seeds=(0,),
-        workers=1,
+        seeds=(0, 1),
+        workers=2,
         corpus=corpus,
         corpus_path=data / "post-training" / "corpus.jsonl",
         held_out=(held_out,),
     )
     printed = capfd.readouterr()
-    assert [o.method for o in outcomes] == ["autopipe", "tpe"]
-    mine, theirs = outcomes
-    assert theirs.seconds >= mine.seconds > 0 and mine.dataset == held_out.name
+    # both seeds on the one held-out dataset, AutoPipe then TPE per seed
+    assert [(o.method, o.seed) for o in outcomes] == [
+        ("autopipe", 0),
+        ("tpe", 0),
+        ("autopipe", 1),
+        ("tpe", 1),
+    ]
+    for mine, theirs in (outcomes[:2], outcomes[2:]):
+        assert theirs.seconds >= mine.seconds > 0 and mine.dataset == held_out.name
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "demo.journal")))
     study = optuna.load_study(study_name=f"autopipe-{held_out.name}-seed0", storage=storage)
     early = [t for t in study.trials if PROMOTED_FROM_ATTR not in t.user_attrs]
@@ -45,13 +51,14 @@ def test_demo_compares_at_equal_pipeline_time_and_prints_only_its_own_lines(
     assert "AutoPipe better on" in text
     # one line per study, no library warnings or inner progress bars
     assert text.count(f"{held_out.name:20} seed 0:") == 2
+    assert text.count(f"{held_out.name:20} seed 1:") == 2
     for noise in ("Warning", "%|", "it/s]"):
         assert noise not in text, text
     # a rerun resumes: nothing new is run
     again = run_demo(
         out,
         budget=3,
-        seeds=(0,),
+        seeds=(0, 1),
         workers=1,
         corpus=corpus,
         corpus_path=data / "post-training" / "corpus.jsonl",

@@ -4,8 +4,8 @@
    early-stop regressor at ``FRACTION`` of SFT, or loaded from ``out/prior`` when already
    fitted on the same corpus file.
 2. One job per seed ``k``: held-out dataset ``HELD_OUT[k % 3]`` (none of them is in the
-   corpus). Jobs run ``workers`` at a time, each in its own process, into one journal file.
-   Per job, two studies:
+   corpus). Per job, two studies, run ``workers`` at a time in worker processes (a job's TPE
+   study starts when its AutoPipe study has finished), into one journal file:
 
    - AutoPipe (the default, calibrated sampler, as ``autopipe`` in the benchmark):
      ``budget`` trials stopped at ``FRACTION`` of SFT (PRUNED, dynamics in user attrs), then
@@ -29,8 +29,10 @@ import hashlib
 import multiprocessing
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -45,12 +47,13 @@ from objectives.post_training.mini_corpus import (
     objective,
     profile,
 )
-from objectives.post_training.objective import FAILURE_ATTR
+from objectives.post_training.objective import FAILURE_ATTR, PostTrainingObjective
 from objectives.post_training.search_space import SFT_PARAMETERS
-from objectives.post_training.tasks import Teacher
+from objectives.post_training.tasks import DatasetFiles, Teacher
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.early_stop import PROMOTED_FROM_ATTR, verify
 from optuna_autopipe.prior import Prior, fit_prior
+from optuna_autopipe.profile import DatasetProfile
 from optuna_autopipe.promotion import promote_best
 from optuna_autopipe.sampler import AutoPipeSampler
 
@@ -130,97 +133,121 @@ def _storage(out: Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(str(out / "demo.journal")))
 
 
-def _job(
-    out: Path, corpus: MiniCorpus, dataset: MiniDataset, seed: int, budget: int
-) -> list[Outcome]:
-    """AutoPipe then TPE on one held-out dataset (resumes studies a stopped demo left)."""
-    import torch
+@dataclass(frozen=True)
+class _Job:
+    """One held-out dataset (its files written by the parent process) and seed: its two
+    studies run in worker processes."""
 
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    prior = Prior.load(out / "prior")
-    files = dataset_files(out, dataset, corpus.scale)
-    features = profile(dataset.name, files)
-    work = out / "work" / f"{dataset.name}-seed{seed}"
-    early = objective(
-        files,
-        corpus.scale,
-        output_dir=work,
-        space=corpus.space,
-        early_stop=FRACTION,
-        regressor=prior.regressor,
-        dataset=features,
-        seed=seed,
-    )
-    full = objective(
-        files, corpus.scale, output_dir=work, space=corpus.space, early_stop=None, seed=seed
-    )
-    storage = _storage(out)
+    out: Path
+    corpus: MiniCorpus
+    dataset: MiniDataset
+    files: DatasetFiles
+    seed: int
+    budget: int
 
-    def study(method: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-        return optuna.create_study(
-            study_name=f"{method}-{dataset.name}-seed{seed}",
-            storage=storage,
+    def study(self, method: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+        """This job's study of ``method`` (resumed when a stopped demo left one); trials a
+        stopped demo left RUNNING are lost runs, failed here so that they run again."""
+        study = optuna.create_study(
+            study_name=f"{method}-{self.dataset.name}-seed{self.seed}",
+            storage=_storage(self.out),
             direction="maximize",
             sampler=sampler,
             pruner=optuna.pruners.NopPruner(),
             load_if_exists=True,
         )
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(trial.number, state=TrialState.FAIL)
+        return study
 
+    def objective(self, **options: Any) -> PostTrainingObjective:
+        return objective(
+            self.files,
+            self.corpus.scale,
+            output_dir=self.out / "work" / f"{self.dataset.name}-seed{self.seed}",
+            space=self.corpus.space,
+            seed=self.seed,
+            **options,
+        )
+
+    def features(self) -> DatasetProfile:
+        return profile(self.dataset.name, self.files)
+
+
+def _quiet() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _run_autopipe(job: _Job) -> Outcome:
+    """``budget`` trials stopped at ``FRACTION``, then the promotions (worker process)."""
+    _quiet()
     started = time.time()
+    prior = Prior.load(job.out / "prior")
+    features = job.features()
     sampler = AutoPipeSampler(
         prior,
         features,
-        budget=budget,
-        seed=seed,
-        search_space=corpus.space,
+        budget=job.budget,
+        seed=job.seed,
+        search_space=job.corpus.space,
         early_stop_params=SFT_PARAMETERS,
     )
-    autopipe = study("autopipe", sampler)
-    features.to_study(autopipe)
-    # Trials a stopped demo left RUNNING are lost runs: fail them and run the rest again.
-    for trial in autopipe.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        autopipe.tell(trial.number, state=TrialState.FAIL)
+    study = job.study("autopipe", sampler)
+    features.to_study(study)
+    early = job.objective(early_stop=FRACTION, regressor=prior.regressor, dataset=features)
     spent = [
         t
-        for t in autopipe.trials
+        for t in study.trials
         if PROMOTED_FROM_ATTR not in t.user_attrs
         and (t.state != TrialState.FAIL or FAILURE_ATTR in t.user_attrs)
     ]
-    remaining = budget - len(spent)
-    if remaining > 0:
-        autopipe.optimize(early, n_trials=remaining)
-    promoted = any(PROMOTED_FROM_ATTR in t.user_attrs for t in autopipe.trials)
-    if not promoted and not promote_best(autopipe, sampler):  # nothing stopped early
-        verify(autopipe, sampler.recommend(autopipe))
-    waiting = autopipe.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if job.budget > len(spent):
+        study.optimize(early, n_trials=job.budget - len(spent))
+    promoted = any(PROMOTED_FROM_ATTR in t.user_attrs for t in study.trials)
+    if not promoted and not promote_best(study, sampler):  # nothing stopped early
+        verify(study, sampler.recommend(study))
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     if waiting:
-        autopipe.optimize(early, n_trials=len(waiting))
-    mine = _outcome("autopipe", dataset.name, seed, autopipe)
-    _progress(mine, time.time() - started)
+        study.optimize(early, n_trials=len(waiting))
+    return _progress(_outcome("autopipe", job.dataset.name, job.seed, study), started)
+
+
+def _run_tpe(job: _Job, seconds: float) -> Outcome:
+    """Full runs until ``seconds`` of pipeline time are spent (worker process)."""
+    _quiet()
     started = time.time()
-    tpe = study("tpe", optuna.samplers.TPESampler(seed=seed))
-    for trial in tpe.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        tpe.tell(trial.number, state=TrialState.FAIL)
-    while not tpe.trials or _spent(tpe) < mine.seconds:
-        tpe.optimize(full, n_trials=1)
-    theirs = _outcome("tpe", dataset.name, seed, tpe)
-    _progress(theirs, time.time() - started)
-    return [mine, theirs]
+    study = job.study("tpe", optuna.samplers.TPESampler(seed=job.seed))
+    full = job.objective(early_stop=None)
+    while not study.trials or _spent(study) < seconds:
+        study.optimize(full, n_trials=1)
+    return _progress(_outcome("tpe", job.dataset.name, job.seed, study), started)
 
 
-def _progress(outcome: Outcome, wall: float) -> None:
+def _progress(outcome: Outcome, started: float) -> Outcome:
     print(
         f"  {outcome.method:8} {outcome.dataset:20} seed {outcome.seed}: {outcome.trials:2d} "
         f"trials ({outcome.full_runs} full), {outcome.seconds:4.0f} pipeline s, best full run "
-        f"{outcome.score:.3f}  [{wall:.0f} s wall]",
+        f"{outcome.score:.3f}  [{time.time() - started:.0f} s wall]",
         flush=True,
     )
+    return outcome
 
 
-def _worker(args: tuple[str, MiniCorpus, MiniDataset, int, int]) -> list[Outcome]:
-    out, corpus, dataset, seed, budget = args
-    return _job(Path(out), corpus, dataset, seed, budget)
+def _run_jobs(jobs: Sequence[_Job], workers: int) -> list[Outcome]:
+    """Every job's AutoPipe study, and its TPE study as soon as AutoPipe's spend is known,
+    on ``workers`` processes; outcomes in job order, AutoPipe before TPE."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        autopipe = {pool.submit(_run_autopipe, job): k for k, job in enumerate(jobs)}
+        tpe = {}
+        for future in as_completed(autopipe):
+            k = autopipe[future]
+            tpe[k] = pool.submit(_run_tpe, jobs[k], future.result().seconds)
+        mine = {k: f.result() for f, k in autopipe.items()}
+        return [o for k in range(len(jobs)) for o in (mine[k], tpe[k].result())]
 
 
 def run_demo(
@@ -250,15 +277,19 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     load_prior(out, None if corpus_path is None else Path(corpus_path))
-    jobs = [(str(out), corpus, held_out[k % len(held_out)], k, budget) for k in seeds]
+    files = {d.name: dataset_files(out, d, corpus.scale) for d in held_out}
+    jobs = [
+        _Job(out, corpus, d, files[d.name], k, budget)
+        for k in seeds
+        for d in [held_out[k % len(held_out)]]
+    ]
     print(
         f"prior ready ({time.time() - started:.0f} s); {len(jobs)} jobs "
-        f"({', '.join(f'{d.name} seed {k}' for _, _, d, k, _ in jobs)}), {workers} at a time",
+        f"({', '.join(f'{j.dataset.name} seed {j.seed}' for j in jobs)}), "
+        f"{workers} studies at a time",
         flush=True,
     )
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(jobs))) as pool:
-        outcomes = [o for pair in pool.map(_worker, jobs, chunksize=1) for o in pair]
+    outcomes = _run_jobs(jobs, workers)
     print(table(outcomes))
     plot = out / "regret_vs_pipeline_time.png"
     plot_regret(outcomes, plot)
