@@ -66,7 +66,8 @@ def signal_agreement(study: optuna.Study, sampler: AutoPipeSampler) -> float:
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get(PROMOTED_FROM_ATTR) in ranking and t.value is not None
     ]
-    if len(pairs) < 3:
+    # constant values (every promoted run scored the same) leave the correlation undefined
+    if len(pairs) < 3 or len({v for _, v in pairs}) < 2:
         return math.nan
     rho = spearmanr([-r for r, _ in pairs], [v for _, v in pairs]).statistic
     return float(rho)

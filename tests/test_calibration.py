@@ -251,3 +251,14 @@ def test_the_hook_runs_a_promoted_trial_to_full_fidelity_whatever_its_fraction()
     hook.finish()  # does not raise: a complete run
     plain = AutoPipeEarlyStop(study.ask(), total_steps=8, fraction=0.25)
     assert [plain.report(step, {"loss": 1.0}) for step in (1, 2)] == [False, True]
+
+
+def test_signal_agreement_is_nan_without_a_warning_when_every_promoted_run_ties(prior):
+    import warnings
+
+    sampler, study = _early_stopped_study(prior, {"p/1": 2.0, "q/2": 1.5, "r/3": 1.0})
+    promote_best(study, sampler)
+    study.optimize(lambda t: 0.5, n_trials=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(signal_agreement(study, sampler))
