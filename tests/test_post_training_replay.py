@@ -129,15 +129,21 @@ def test_the_bench_runs_the_papers_methods_on_the_replay(root, tmp_path):
 
 
 def test_a_bundled_corpus_is_what_the_benchmark_reads_without_data(root, tmp_path, monkeypatch):
+    import json
+
     from objectives.post_training import bundle
-    from objectives.post_training.corpus_report import report
+    from optuna_autopipe.corpus import Corpus
 
     generation = root / "post-training"
-    with pytest.raises(FileNotFoundError, match=r"report\.md not found"):
-        bundle.bundle(generation, tmp_path / "bundled")
-    (generation / "report.md").write_text(report(generation, list(DATASETS)))
+    with pytest.raises(FileNotFoundError, match=r"generation\.json not found"):
+        bundle.bundle(tmp_path / "nothing-generated", tmp_path / "bundled")
     written = bundle.bundle(generation, tmp_path / "bundled")
-    assert [p.name for p in written] == [*bundle.FILES, bundle.JOURNAL_XZ]
+    assert [p.name for p in written] == [*bundle.FILES, bundle.JOURNAL_XZ]  # no -base models
+    shipped = Corpus.load(tmp_path / "bundled" / "corpus.jsonl")
+    assert sorted(d.name for d in shipped.datasets) == sorted(f"mini-{n}" for n in DATASETS)
+    record = json.loads((tmp_path / "bundled" / "generation.json").read_text())
+    assert record["status"] == "finished" and record["bundled"]["runs_complete"] == 8
+    assert "| compare-swap | 4 |" in (tmp_path / "bundled" / "report.md").read_text()
     packed = tmp_path / "bundled" / bundle.JOURNAL_XZ
     assert packed.stat().st_size < (generation / "runs.journal").stat().st_size
     monkeypatch.setenv("AUTOPIPE_CACHE", str(tmp_path / "cache"))

@@ -2,10 +2,10 @@
 prior on and what ``autopipe bench --benchmark post-training`` replays when the data
 directory has no corpus of its own.
 
-``bundled/`` holds a finished generation's ``corpus.jsonl``, ``generation.json`` and
-``report.md``, its Optuna journal compressed with xz (``runs.journal.xz``, LZMA from the
-standard library; ``bundled_journal`` decompresses it once into the cache folder), and the
-pre-trained tiny base models its runs started from (``tiny-bases.tar.xz``: the cache folders
+``bundled/`` holds a generation's ``corpus.jsonl``, ``generation.json`` and ``report.md``,
+its Optuna journal compressed with xz (``runs.journal.xz``, LZMA from the standard library;
+``bundled_journal`` decompresses it once into the cache folder), and the pre-trained tiny base
+models its runs started from (``tiny-bases.tar.xz``: the cache folders
 ``tiny_models.resolve_model`` built, which it unpacks instead of pre-training again; about
 half an hour of CPU saved on a fresh machine, and the demo starts from the very weights the
 corpus was generated with).
@@ -19,6 +19,7 @@ import lzma
 import os
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 from objectives.post_training.tiny_models import TINY_PREFIX, cache_dir, resolve_model
@@ -26,43 +27,55 @@ from objectives.post_training.tiny_models import TINY_PREFIX, cache_dir, resolve
 BUNDLED = Path(__file__).parent / "bundled"
 JOURNAL_XZ = "runs.journal.xz"
 BASES_XZ = "tiny-bases.tar.xz"
-#: Files copied as they are from a generation folder.
+#: The corpus files ``bundle`` writes besides the journal and the bases.
 FILES = ("corpus.jsonl", "generation.json", "report.md")
 
 
 def bundle(out: str | Path, dest: str | Path | None = None) -> list[Path]:
-    """Copy the generation in ``out`` (``FILES`` and ``runs.journal``, xz-compressed) into
-    ``dest`` (default ``BUNDLED``), with the pre-trained tiny bases of its search space
-    (``BASES_XZ``); returns the written paths.
+    """Snapshot the generation in ``out`` into ``dest`` (default ``BUNDLED``): the journal's
+    runs as ``corpus.jsonl``, ``generation.json`` (the generation's record, with the run
+    counts at bundling time under ``"bundled"``), ``report.md`` (``corpus_report.report``),
+    the journal xz-compressed and the pre-trained tiny bases of its search space
+    (``BASES_XZ``). Works on a generation still running or stopped midway. Returns the
+    written paths.
 
-    Raises ``FileNotFoundError`` naming the first missing file (run ``autopipe corpus
-    generate`` and ``autopipe corpus report`` first).
+    Raises ``FileNotFoundError`` naming ``generation.json`` or ``runs.journal`` when ``out``
+    holds no generation (run ``autopipe corpus generate`` first).
     """
+    from objectives.post_training.corpus_report import report
+    from objectives.post_training.mini_corpus import journal, run_record, save_corpus
+
     out, dest = Path(out), Path(BUNDLED if dest is None else dest)
-    sources = [out / name for name in (*FILES, "runs.journal")]
-    for path in sources:
-        if not path.is_file():
+    for name in ("generation.json", "runs.journal"):
+        if not (out / name).is_file():
             raise FileNotFoundError(
-                f"{path} not found: bundle a finished generation (autopipe corpus generate, "
-                "then autopipe corpus report)."
+                f"{out / name} not found: bundle a generation (autopipe corpus generate)."
             )
+    record = json.loads((out / "generation.json").read_text())
+    names = [d["name"] for d in record["datasets"]]
     dest.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in sources[:-1]:
-        written.append(Path(shutil.copyfile(path, dest / path.name)))
+    written = [save_corpus(out, names, dest / "corpus.jsonl")]
+    record["bundled"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        **run_record(journal(out), names),
+    }
+    written.append(dest / "generation.json")
+    written[-1].write_text(json.dumps(record, indent=1))
+    written.append(dest / "report.md")
+    written[-1].write_text(report(out, names) + "\n")
     partial = dest / (JOURNAL_XZ + ".partial")
-    with sources[-1].open("rb") as raw, lzma.open(partial, "wb", preset=9) as packed:
+    with (out / "runs.journal").open("rb") as raw, lzma.open(partial, "wb", preset=9) as packed:
         shutil.copyfileobj(raw, packed)
     os.replace(partial, dest / JOURNAL_XZ)
-    record = json.loads((out / "generation.json").read_text())
+    written.append(dest / JOURNAL_XZ)
     bases = [
         name
         for name in record["space"]["base_model"]
         if name.startswith(TINY_PREFIX) and name.endswith("-base")
     ]
-    if not bases:
-        return [*written, dest / JOURNAL_XZ]
-    return [*written, dest / JOURNAL_XZ, bundle_bases(bases, dest)]
+    if bases:
+        written.append(bundle_bases(bases, dest))
+    return written
 
 
 def bundle_bases(names: list[str], dest: str | Path | None = None) -> Path:

@@ -21,7 +21,7 @@ from objectives.post_training.mini_corpus import (
     objective,
     study_name,
 )
-from objectives.post_training.objective import COST_ATTR, RL_FIDELITY_ATTR
+from objectives.post_training.objective import COST_ATTR, FAILURE_ATTR, RL_FIDELITY_ATTR
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 
 SEEDS_SUFFIX = "-seeds"
@@ -128,7 +128,8 @@ def report(out: str | Path, datasets: Sequence[str]) -> str:
     for task in datasets:
         study = optuna.load_study(study_name=study_name(task), storage=storage)
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        # pipeline failures; a run a stopped generation lost is FAIL without the attr
+        failed = sum(FAILURE_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
         scores = np.array([t.value for t in done])
         lines.append(
             f"| {task} | {len(done)} | {failed} | {scores.mean():.3f} | {scores.min():.3f} | "

@@ -334,6 +334,30 @@ def generate(
         jobs += [
             (dataset.name, None if i is None else (i, configs[i])) for i in _pending(study, configs)
         ]
+    names = [d.name for d in chosen]
+
+    def record(status: str) -> None:
+        settings = {
+            "command": " ".join(sys.argv),
+            "status": status,
+            "corpus": corpus.name,
+            "runs_per_dataset": runs,
+            "workers": workers,
+            "datasets": [asdict(d) for d in chosen],
+            "scale": asdict(corpus.scale),
+            "space": {name: list(dist.choices) for name, dist in corpus.space.items()},
+            "seed": seed,
+            "wall_seconds_this_call": round(time.time() - started),
+            **run_record(storage, names),
+            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
+            "python": platform.python_version(),
+            "versions": _versions(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+        (out / "generation.json").write_text(json.dumps(settings, indent=1, default=dict))
+
+    # written first too: a generation stopped midway still says what it was running
+    record("running")
     # interleave datasets so a stopped generation leaves every dataset partly done
     jobs.sort(key=lambda job: (-1 if job[1] is None else job[1][0], job[0]))
     shares = [jobs[k::workers] for k in range(workers)]
@@ -347,32 +371,23 @@ def generate(
         process.start()
     for process in processes:
         process.join()
-    names = [d.name for d in chosen]
-    saved = Corpus.from_studies(storage, [study_name(n) for n in names])
-    path = out / "corpus.jsonl"
-    saved.save(path, max_points=CORPUS_POINTS)
-    record = {
-        "command": " ".join(sys.argv),
-        "corpus": corpus.name,
-        "runs_per_dataset": runs,
-        "workers": workers,
-        "datasets": [asdict(d) for d in chosen],
-        "scale": asdict(corpus.scale),
-        "space": {name: list(dist.choices) for name, dist in corpus.space.items()},
-        "seed": seed,
-        "wall_seconds_this_call": round(time.time() - started),
-        **_run_record(storage, names),
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
-        "python": platform.python_version(),
-        "versions": _versions(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
-    (out / "generation.json").write_text(json.dumps(record, indent=1, default=dict))
+    path = save_corpus(out, names)
+    record("finished")
     return path
 
 
-def _run_record(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> dict[str, Any]:
-    """Counts and times over every run in the journal (all calls of a resumed generation)."""
+def save_corpus(out: Path, datasets: Sequence[str], path: Path | None = None) -> Path:
+    """Write ``Corpus.save`` of the journal's runs on ``datasets`` (``CORPUS_POINTS`` per
+    metric) to ``path`` (default ``out/corpus.jsonl``); returns it."""
+    saved = Corpus.from_studies(journal(out), [study_name(n) for n in datasets])
+    path = out / "corpus.jsonl" if path is None else path
+    saved.save(path, max_points=CORPUS_POINTS)
+    return path
+
+
+def run_record(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> dict[str, Any]:
+    """Counts and times over every run of ``datasets`` in the journal (all calls of a resumed
+    generation; ``runs_failed``: pipeline failures, not runs a stopped generation lost)."""
     trials = [
         t
         for task in datasets
