@@ -19,8 +19,9 @@ from optuna.distributions import CategoricalDistribution
 
 from objectives.post_training.demo import load_prior
 from objectives.post_training.evaluation import EvalSuite
+from objectives.post_training.mini_corpus import V2
 from objectives.post_training.objective import PostTrainingObjective
-from objectives.post_training.search_space import SFT_PARAMETERS, paper_space, tiny_space
+from objectives.post_training.search_space import SFT_PARAMETERS, paper_space
 from objectives.post_training.tasks import write_dataset
 from optuna_autopipe.prior import Prior
 from optuna_autopipe.profile import DatasetProfile
@@ -42,9 +43,10 @@ if args.sft:  # your data, hub models
         space["base_model"] = CategoricalDistribution(args.models.split(","))
 else:  # a synthetic dataset and the tiny local models
     files = write_dataset("arithmetic", out / "data", n_sft=256, n_rl=16, n_eval=20)
-    sft, rl, evals, space = files.sft, files.rl, list(files.eval), tiny_space()
+    sft, rl, evals, space = files.sft, files.rl, list(files.eval), dict(V2.space)
 
-# A prior must come from runs over the same space: the bundled one covers the tiny space only.
+# A prior must come from runs over the same space: the bundled one covers corpus v2's space
+# (the pre-trained tiny bases) only.
 prior = Prior.load(args.prior) if args.prior else None if args.sft else load_prior(out)
 dataset = DatasetProfile.from_files(name="mine", sft_path=sft, rl_path=rl, eval_paths=evals)
 objective = PostTrainingObjective(
@@ -52,8 +54,8 @@ objective = PostTrainingObjective(
     rl_data=rl,
     eval_suite=EvalSuite(benchmarks=tuple(evals)),
     space=space,
-    # with a regressor, trials stop at 50% of SFT (PRUNED, proxy in user attrs)
-    early_stop=0.5 if prior and prior.regressor else None,
+    # with a regressor, trials stop where it was trained (PRUNED, proxy in user attrs)
+    early_stop=prior.regressor.fraction if prior and prior.regressor else None,
     regressor=prior.regressor if prior else None,
     dataset=dataset,
     output_dir=out,
