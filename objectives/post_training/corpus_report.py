@@ -234,8 +234,9 @@ def two_stage(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> 
         "",
         "Two stages: score after SFT and after RL (mean / best), the mean RL gain, the share of "
         "variance of the RL settings (fANOVA, rl_* summed) and the early SFT signals' rank "
-        f"agreement with the final score (mean share over datasets: {np.nanmean(shares):.2f}; "
-        "nan: every run scored the same):",
+        "agreement with the final score (Spearman, oriented so that +1 means the signal orders "
+        "the runs as their final scores do: the loss negated) (mean RL share over datasets: "
+        f"{np.nanmean(shares):.2f}; nan: every run scored the same):",
         "",
         f"| dataset | runs | after SFT | after RL | RL gain | RL share | {signals} |",
         "|---" * (6 + len(SFT_SIGNALS)) + "|",
