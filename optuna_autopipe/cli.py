@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
     generate.add_argument("--datasets", type=_methods, default=None, help="comma-separated")
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="where every run trains (one device type per corpus: numerics differ)",
+    )
     summary = corpus_commands.add_parser("report", help="score spread, importances, seed spread")
     summary.add_argument("--out", required=True, help="the generation's folder")
     summary.add_argument("--corpus", choices=("v1", "v2"), default="v2", help="which corpus")
@@ -330,6 +336,7 @@ def _generate_corpus(args: argparse.Namespace) -> int:
         workers=args.workers,
         datasets=datasets,
         seed=args.seed,
+        device=args.device,
     )
     print(f"wrote {path}")
     return 0

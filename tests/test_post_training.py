@@ -254,6 +254,7 @@ def test_corpus_generation_resumes_and_records_rl_fidelities(tmp_path):
     record = json.loads((out / "generation.json").read_text())
     assert record["runs_per_dataset"] == 3 and record["corpus"] == "v2"
     assert record["datasets"][0]["teacher"] == {"swaps": {"yes": "no"}, "error": 0.5}
+    assert record["device"] == "cpu" and record["status"] == "finished"
     study = optuna.load_study(study_name="mini-yesno-swap", storage=journal(out))
     for trial in study.trials:
         assert list(trial.user_attrs[RL_FIDELITY_ATTR]) == ["0", "0.5", "1"]

@@ -195,9 +195,11 @@ def objective(
     *,
     output_dir: Path,
     space: dict[str, BaseDistribution] | None = None,
+    device: str = "cpu",
     **options: Any,
 ) -> PostTrainingObjective:
-    """The pipeline on one mini dataset at ``scale`` (``options`` go to the objective)."""
+    """The pipeline on one mini dataset at ``scale`` on ``device`` (``"cpu"``, ``"cuda"``,
+    ``"auto"``; ``options`` go to the objective)."""
     return PostTrainingObjective(
         sft_data=files.sft,
         rl_data=files.rl,
@@ -206,7 +208,7 @@ def objective(
         ),
         space=space if space is not None else tiny_space(),
         output_dir=output_dir,
-        device="cpu",
+        device=device,
         rl_max_steps=scale.rl_max_steps,
         rl_fidelities=scale.rl_fidelities,
         max_completion_length=scale.max_completion_length,
@@ -271,7 +273,12 @@ Job = tuple[str, tuple[int, dict[str, Any]] | None]
 
 
 def _worker(
-    out: str, jobs: list[Job], files: dict[str, DatasetFiles], corpus: MiniCorpus, seed: int
+    out: str,
+    jobs: list[Job],
+    files: dict[str, DatasetFiles],
+    corpus: MiniCorpus,
+    seed: int,
+    device: str,
 ) -> None:
     import torch
 
@@ -287,6 +294,7 @@ def _worker(
             space=corpus.space,
             early_stop=None,
             seed=seed,
+            device=device,
         )
         for name in {name for name, _ in jobs}
     }
@@ -309,10 +317,13 @@ def generate(
     workers: int = 2,
     datasets: Sequence[str] | None = None,
     seed: int = 0,
+    device: str = "cpu",
 ) -> Path:
     """Run (or resume) the generation of ``corpus`` (``datasets``: a subset of its dataset
-    names); returns the path of ``corpus.jsonl``. A later call with more ``runs`` extends
-    every dataset's plan (its first runs are the same)."""
+    names) with ``workers`` processes, every run on ``device`` (``"cuda"``: all workers share
+    the GPU; keep one device type per corpus, since numerics differ between CPU and GPU);
+    returns the path of ``corpus.jsonl``. A later call with more ``runs`` extends every
+    dataset's plan (its first runs are the same)."""
     out = Path(out)
     chosen = [corpus.dataset(n) for n in datasets] if datasets else list(corpus.datasets)
     out.mkdir(parents=True, exist_ok=True)
@@ -347,6 +358,7 @@ def generate(
             "scale": asdict(corpus.scale),
             "space": {name: list(dist.choices) for name, dist in corpus.space.items()},
             "seed": seed,
+            "device": device,
             "wall_seconds_this_call": round(time.time() - started),
             **run_record(storage, names),
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs",
@@ -363,7 +375,7 @@ def generate(
     shares = [jobs[k::workers] for k in range(workers)]
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker, args=(str(out), share, files, corpus, seed))
+        context.Process(target=_worker, args=(str(out), share, files, corpus, seed, device))
         for share in shares
         if share
     ]
