@@ -20,15 +20,14 @@ def test_demo_compares_at_equal_pipeline_time_and_prints_only_its_own_lines(
     corpus, data = tiny_v2
     out = tmp_path / "demo"
     held_out = HELD_OUT[1]
-    outcomes = run_demo(
-        out,
-        budget=3,
-        seeds=(0, 1),
-        workers=2,
-        corpus=corpus,
-        corpus_path=data / "post-training" / "corpus.jsonl",
-        held_out=(held_out,),
-    )
+    options = {
+        "budget": 3,
+        "seeds": (0, 1),
+        "corpus": corpus,
+        "corpus_path": data / "post-training" / "corpus.jsonl",
+        "held_out": (held_out,),
+    }
+    outcomes = run_demo(out, workers=2, **options)
     printed = capfd.readouterr()
     # both seeds on the one held-out dataset, AutoPipe then TPE per seed
     assert [(o.method, o.seed) for o in outcomes] == [
@@ -55,15 +54,7 @@ def test_demo_compares_at_equal_pipeline_time_and_prints_only_its_own_lines(
     for noise in ("Warning", "%|", "it/s]"):
         assert noise not in text, text
     # a rerun resumes: nothing new is run
-    again = run_demo(
-        out,
-        budget=3,
-        seeds=(0, 1),
-        workers=1,
-        corpus=corpus,
-        corpus_path=data / "post-training" / "corpus.jsonl",
-        held_out=(held_out,),
-    )
+    again = run_demo(out, workers=1, **options)
     assert [(o.trials, o.seconds) for o in again] == [(o.trials, o.seconds) for o in outcomes]
 
 
