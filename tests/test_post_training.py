@@ -125,7 +125,7 @@ def test_rl_fidelities_outside_zero_one_are_refused(files, tmp_path, bad):
         make_objective(files, tmp_path, rl_fidelities=bad)
 
 
-def test_early_stop_at_half_of_sft_then_verified_by_resuming(files, tmp_path):
+def test_early_stop_at_half_of_sft_then_verified_by_resuming(files, tmp_path, capfd):
     study = optuna.create_study(direction="maximize", study_name="es")
     objective = make_objective(files, tmp_path, early_stop=0.5)
     study.optimize(objective, n_trials=1)
@@ -146,6 +146,34 @@ def test_early_stop_at_half_of_sft_then_verified_by_resuming(files, tmp_path):
     assert resumed.last_step == planned
     assert min(step for step, _ in resumed.metrics["loss"]) == 1  # continues the first half
     assert full.user_attrs[COST_ATTR]["sft"]["seconds"] > 0
+    # the checkpoint holds the tied embedding once; resuming loads it without a warning
+    assert "missing keys" not in capfd.readouterr().err
+
+
+def test_only_tied_missing_keys_are_silenced_on_resume():
+    import logging
+
+    from objectives.post_training.training import _TiedKeys
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(4, 2)
+            self.head = torch.nn.Linear(2, 4, bias=False)
+            self.head.weight = self.embed.weight
+            self.norm = torch.nn.LayerNorm(2)
+
+    tied = _TiedKeys(Tied())
+    assert tied.tied == {"embed.weight", "head.weight"}
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("transformers.trainer", logging.WARNING, "", 0, message, (), None)
+
+    missing = "There were missing keys in the checkpoint model loaded: {}."
+    assert not tied.filter(record(missing.format(["head.weight"])))
+    assert tied.filter(record(missing.format(["head.weight", "norm.weight"])))
+    assert tied.filter(record(missing.format(["norm.weight"])))
+    assert tied.filter(record("There were unexpected keys in the checkpoint model loaded: []."))
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ CUDA in bf16 where the card supports it.
 
 from __future__ import annotations
 
+import ast
+import logging
 import math
 import random
 import time
@@ -107,18 +109,52 @@ def load_model(name: str, hardware: Hardware) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+class _TiedKeys(logging.Filter):
+    """Drops the Trainer's "missing keys" warning on resuming from a checkpoint when every
+    missing key names a parameter tied to another one (``tie_word_embeddings``: the
+    checkpoint stores the shared tensor once, under the other name, and loading it fills
+    both); any other missing key still warns."""
+
+    _PREFIX = "There were missing keys in the checkpoint model loaded:"
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        names: dict[int, list[str]] = {}
+        for name, parameter in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(parameter), []).append(name)
+        self.tied = {name for group in names.values() if len(group) > 1 for name in group}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(self._PREFIX):
+            return True
+        try:
+            missing = ast.literal_eval(message[len(self._PREFIX) :].strip().rstrip("."))
+        except (ValueError, SyntaxError):
+            return True
+        return not (missing and set(missing) <= self.tied)
+
+
 def _train(trainer: Any, stage: str, *, resume_from: str | None = None) -> None:
     """Train without per-step printing (the dynamics go to the trial, not to stdout), then
     raise ``Diverged`` if any logged loss was NaN or infinite."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    with warnings.catch_warnings():
-        # TRL reads transformers' deprecated `is_gradient_checkpointing` on every generation
-        warnings.filterwarnings(
-            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-        )
-        trainer.train(resume_from_checkpoint=resume_from)
+    tied = _TiedKeys(trainer.model)
+    trainer_logger = logging.getLogger("transformers.trainer")
+    trainer_logger.addFilter(tied)
+    try:
+        with warnings.catch_warnings():
+            # TRL reads transformers' deprecated `is_gradient_checkpointing` on every generation
+            warnings.filterwarnings(
+                "ignore",
+                message="`is_gradient_checkpointing` is deprecated",
+                category=FutureWarning,
+            )
+            trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        trainer_logger.removeFilter(tied)
     for entry in trainer.state.log_history:
         loss = entry.get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
