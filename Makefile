@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
 QUICK := --budget 15 --seeds 2 --methods random,tpe,gp,bohb,random1,global,smac
 
-.PHONY: install demo demo-replay test lint bench-quick bench bench-stress reference-check bench-prior bench-sampler
+.PHONY: install demo demo-replay test lint bench-quick bench bench-stress bench-post-training reference-check bench-prior bench-sampler
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,18 @@ bench-stress: $(STAMP)
 	  $$run --out runs/stress/$$b-few --protocol few-source --sources 2 --methods $(STRESS_BASE); \
 	  $$run --out runs/stress/$$b-inverted --prior-noise inverted --methods $(STRESS_BASE); \
 	done
+
+# The post-training replay (corpus v2, the bundled one unless $$AUTOPIPE_DATA/post-training has
+# its own journal) with the paper's Table 4.1 methods and ablations, 5 seeds, in one storage,
+# under grouped and the stress settings; then the Table 4.1 comparison with the paper's rows.
+TABLE41 := random1,global,offline,random,random-es,tpe,tpe-es,smac,smac-es,bohb,autopipe,autopipe-50,autopipe-75,no-residual,no-bo,no-offline
+bench-post-training: $(STAMP)
+	set -e; run="$(VENV)/bin/autopipe bench --benchmark post-training --budget 15 --seeds 5 \
+	  --storage sqlite:///runs/post-training/bench.db"; \
+	$$run --out runs/post-training/grouped --methods $(TABLE41); \
+	$$run --out runs/post-training/single --protocol single-source --methods $(STRESS_BASE); \
+	$$run --out runs/post-training/inverted --prior-noise inverted --methods $(STRESS_BASE); \
+	$(PY) benchmarks/paper_table.py runs/post-training/grouped/results.csv
 
 # Baselines under the independent check's settings (../shared/benchmarks/README.md): 10 seeds,
 # LCBench without observation noise. Compare with docs/benchmarks.md.
