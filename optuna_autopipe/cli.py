@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seeds", type=_positive, default=3, help="seeds 0..N-1 (seed k: held-out dataset k %% 3)"
     )
-    demo.add_argument("--workers", type=_positive, default=2, help="jobs run at once")
+    demo.add_argument("--workers", type=_positive, default=2, help="studies run at once")
     demo.add_argument(
         "--corpus",
         default=None,
@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "--seed-spread", default=None, help="first re-run 3 configurations of this dataset"
     )
     shipped = corpus_commands.add_parser(
-        "bundle", help="copy a finished generation into the package (what the demo reads)"
+        "bundle", help="snapshot a generation into the package (what the demo and bench read)"
     )
     shipped.add_argument("--out", required=True, help="the generation's folder")
 
