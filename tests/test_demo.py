@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 from optuna.storages.journal import JournalFileBackend
@@ -66,3 +68,23 @@ def test_demo_refuses_a_held_out_dataset_of_the_corpus(tmp_path):
 def test_held_out_datasets_are_not_in_the_corpus():
     assert not {d.name for d in HELD_OUT} & {d.name for d in V2.datasets}
     assert not {d.folder for d in HELD_OUT} & {d.folder for d in V2.datasets}
+
+
+def test_table_compares_tpe_at_autopipes_spend_too():
+    from objectives.post_training.demo import Outcome, table
+
+    def outcome(method, dataset, seconds, score, trajectory):
+        return Outcome(method, dataset, 0, len(trajectory), 1, seconds, score, trajectory)
+
+    outcomes = [
+        outcome("autopipe", "a", 435.0, 0.565, [(100.0, None), (435.0, 0.565)]),
+        # TPE's last run overshoots: 0.625 only after 578 s
+        outcome("tpe", "a", 578.0, 0.625, [(240.0, 0.5), (578.0, 0.625)]),
+        outcome("autopipe", "b", 100.0, 0.7, [(100.0, 0.7)]),
+        outcome("tpe", "b", 150.0, 0.8, [(150.0, 0.8)]),  # no full run by 100 s
+    ]
+    assert outcomes[1].score_at(435.0) == 0.5 and math.isnan(outcomes[3].score_at(100.0))
+    text = table(outcomes)
+    assert "AutoPipe better on 0 of 2 jobs, tied on 0; better than TPE at equal spend on 2." in text
+    row = next(line for line in text.splitlines() if line.startswith("tpe      a"))
+    assert row.split()[-3:] == ["0.625", "0.000", "0.500"]
