@@ -125,7 +125,7 @@ def evaluate(model: Any, tokenizer: Any, suite: EvalSuite, *, device: str) -> di
     )
     scores: dict[str, list[float]] = {}
     for seed in suite.runs:
-        with _no_request_progress_bar():
+        with _quiet_evaluation():
             results = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=tasks,
@@ -157,14 +157,19 @@ def _quiet_hflm() -> type:
 
 
 @contextmanager
-def _no_request_progress_bar() -> Iterator[None]:
-    """Silence the progress bar lm-eval draws while building a task's requests
-    (``lm_eval.api.task`` calls ``tqdm`` with no way to turn it off)."""
+def _quiet_evaluation() -> Iterator[None]:
+    """Silence what ``simple_evaluate`` prints with no switch to turn it off: the progress
+    bar ``lm_eval.api.task`` draws while building a task's requests, and git's "fatal: not
+    a git repository" from the ``git describe`` lm-eval runs in the working directory to
+    record its commit (a result field this project does not read; ``None`` instead)."""
     from unittest import mock
 
     from tqdm import tqdm
 
-    with mock.patch("lm_eval.api.task.tqdm", partial(tqdm, disable=True)):
+    with (
+        mock.patch("lm_eval.api.task.tqdm", partial(tqdm, disable=True)),
+        mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None),
+    ):
         yield
 
 
