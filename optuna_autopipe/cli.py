@@ -40,7 +40,10 @@ def _methods(text: str) -> list[str]:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -67,10 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="AutoPipe vs TPE, live, with the real pipeline (the README's main job)"
     )
-    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument(
+        "--out", default="runs/demo", help="folder of the journal, prior, plot and runs"
+    )
     demo.add_argument("--budget", type=_positive, default=8, help="early-stopped trials")
     demo.add_argument(
-        "--seeds", type=_positive, default=3, help="seeds 0..N-1 (seed k: held-out dataset k %% 3)"
+        "--seeds",
+        type=_positive,
+        default=3,
+        help="a count N: runs seeds 0..N-1 (seed k on held-out dataset k %% 3)",
     )
     demo.add_argument("--workers", type=_positive, default=2, help="studies run at once")
     demo.add_argument(
@@ -182,7 +190,9 @@ def _parser() -> argparse.ArgumentParser:
 def _bench_arguments(parser: argparse.ArgumentParser, *, out_default: str | None) -> None:
     parser.add_argument("--out", required=out_default is None, default=out_default)
     parser.add_argument("--storage", default=None, help="default: sqlite:///OUT/bench.db")
-    parser.add_argument("--data-dir", default=None, help="default: $AUTOPIPE_DATA or ../shared")
+    parser.add_argument(
+        "--data-dir", default=None, help="default: $AUTOPIPE_DATA or ../shared/benchmarks"
+    )
     parser.add_argument("--datasets", type=_methods, default=None, help="comma-separated subset")
     parser.add_argument(
         "--protocol",

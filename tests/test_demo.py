@@ -58,6 +58,45 @@ def test_demo_compares_at_equal_pipeline_time_and_prints_only_its_own_lines(
     # a rerun resumes: nothing new is run
     again = run_demo(out, workers=1, **options)
     assert [(o.trials, o.seconds) for o in again] == [(o.trials, o.seconds) for o in outcomes]
+    assert capfd.readouterr().out.count("[done before: resumed]") == 4
+    # a promotion a stopped demo left RUNNING is run again, from the same early stop
+    first = early[0]
+    study.enqueue_trial(first.params, user_attrs={PROMOTED_FROM_ATTR: first.number})
+    lost = study.ask()
+    resumed = run_demo(out, workers=1, **options)
+    study = optuna.load_study(study_name=study.study_name, storage=storage)
+    assert study.trials[lost.number].state == TrialState.FAIL
+    redone = [t for t in study.trials if t.user_attrs.get(PROMOTED_FROM_ATTR) == first.number]
+    assert [t.state for t in redone][-1] == TrialState.COMPLETE
+    assert resumed[0].trials == outcomes[0].trials + 2
+    # other settings in the same folder are refused, nothing is touched
+    before = (out / "demo.journal").read_bytes()
+    with pytest.raises(ValueError, match=r"other settings \(budget differ"):
+        run_demo(out, workers=1, **{**options, "budget": 4})
+    assert (out / "demo.journal").read_bytes() == before
+
+
+def test_demo_refuses_bad_folders_and_corpus_files_and_a_running_demo(tmp_path):
+    import os
+
+    from objectives.post_training.demo import _lock
+
+    with pytest.raises(ValueError, match=r"--corpus .*nope\.jsonl: no such file"):
+        run_demo(tmp_path / "d", corpus_path=tmp_path / "nope.jsonl")
+    assert not (tmp_path / "d").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file; give a folder"):
+        run_demo(tmp_path / "file")
+    (tmp_path / "demo.lock").write_text(str(os.getpid()))  # a live process holds it
+    with (
+        pytest.raises(ValueError, match=f"Another demo \\(pid {os.getpid()}\\)"),
+        _lock(tmp_path),
+    ):
+        pass
+    (tmp_path / "demo.lock").write_text("999999999")  # its process is gone: taken over
+    with _lock(tmp_path):
+        assert (tmp_path / "demo.lock").read_text() == str(os.getpid())
+    assert not (tmp_path / "demo.lock").exists()
 
 
 def test_demo_refuses_a_held_out_dataset_of_the_corpus(tmp_path):

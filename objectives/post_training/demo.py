@@ -26,11 +26,16 @@ evaluation, as the corpus records them.
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
+import os
+import shutil
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +56,14 @@ from objectives.post_training.objective import FAILURE_ATTR, PostTrainingObjecti
 from objectives.post_training.search_space import SFT_PARAMETERS
 from objectives.post_training.tasks import DatasetFiles, Teacher
 from optuna_autopipe.corpus import Corpus
-from optuna_autopipe.early_stop import PROMOTED_FROM_ATTR, verify
+from optuna_autopipe.early_stop import PROMOTED_FROM_ATTR, promote, verify
 from optuna_autopipe.prior import Prior, fit_prior
 from optuna_autopipe.profile import DatasetProfile
 from optuna_autopipe.promotion import promote_best
 from optuna_autopipe.sampler import AutoPipeSampler
 
+#: Study user attr holding the settings a demo's studies were made with.
+SETTINGS_ATTR = "demo:settings"
 #: Early-stop point of the demo's AutoPipe (the benchmark's ``autopipe`` default).
 FRACTION = 0.25
 #: Held-out datasets (not in corpus v2): a harder relative of a corpus task, a new mixture,
@@ -118,12 +125,63 @@ def _outcome(method: str, dataset: str, seed: int, study: optuna.Study) -> Outco
     )
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def study_name(method: str, dataset: str, seed: int) -> str:
+    return f"{method}-{dataset}-seed{seed}"
+
+
+def _check_resumable(out: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume studies of ``out`` made with other settings (their results would
+    mix two demos): ``ValueError`` naming the folder and the differences."""
+    if not (out / "demo.journal").exists():
+        return
+    for summary in optuna.get_all_study_summaries(_storage(out), include_best_trial=False):
+        stored = summary.user_attrs.get(SETTINGS_ATTR)
+        if stored is not None and stored != settings:
+            changed = sorted(k for k in {*stored, *settings} if stored.get(k) != settings.get(k))
+            raise ValueError(
+                f"{out} holds a demo run with other settings ({', '.join(changed)} differ: "
+                f"study {summary.study_name} has "
+                f"{ {k: stored.get(k) for k in changed} }); use a new --out or delete {out}."
+            )
+
+
+@contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """One demo at a time per folder (``out/demo.lock`` holds the owner's pid; a lock whose
+    process is gone is taken over). Raises ``ValueError`` while another demo runs."""
+    path = out / "demo.lock"
+    while True:
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text() or 0)
+                os.kill(owner, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # stale: its demo is gone
+                continue
+            raise ValueError(
+                f"Another demo (pid {owner}) is running in {out}; wait for it or use another --out."
+            ) from None
+        break
+    os.write(handle, str(os.getpid()).encode())
+    os.close(handle)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def load_prior(out: Path, corpus_path: Path | None = None) -> Prior:
     """The prior fitted on ``corpus_path`` (default: the bundled corpus; regressor at
     ``FRACTION``), cached in ``out/prior`` and refitted when the corpus file changes."""
     corpus_path = bundle.BUNDLED / "corpus.jsonl" if corpus_path is None else corpus_path
     cached = out / "prior"
-    digest = hashlib.sha256(Path(corpus_path).read_bytes()).hexdigest()
+    digest = _digest(Path(corpus_path))
     stamp = cached / "corpus.sha256"
     if (cached / "prior.json").exists() and stamp.exists() and stamp.read_text() == digest:
         return Prior.load(cached)
@@ -150,21 +208,27 @@ class _Job:
     files: DatasetFiles
     seed: int
     budget: int
+    #: What the studies' results depend on besides the seed (``_settings``), stored on each.
+    settings: dict[str, Any]
 
-    def study(self, method: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-        """This job's study of ``method`` (resumed when a stopped demo left one); trials a
-        stopped demo left RUNNING are lost runs, failed here so that they run again."""
+    def study(
+        self, method: str, sampler: optuna.samplers.BaseSampler
+    ) -> tuple[optuna.Study, list[optuna.trial.FrozenTrial]]:
+        """This job's study of ``method`` (resumed when a stopped demo left one) and the
+        trials a stopped demo left RUNNING: lost runs, failed here so that they run again."""
         study = optuna.create_study(
-            study_name=f"{method}-{self.dataset.name}-seed{self.seed}",
+            study_name=study_name(method, self.dataset.name, self.seed),
             storage=_storage(self.out),
             direction="maximize",
             sampler=sampler,
             pruner=optuna.pruners.NopPruner(),
             load_if_exists=True,
         )
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.set_user_attr(SETTINGS_ATTR, self.settings)
+        lost = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        for trial in lost:
             study.tell(trial.number, state=TrialState.FAIL)
-        return study
+        return study, lost
 
     def objective(self, **options: Any) -> PostTrainingObjective:
         return objective(
@@ -201,8 +265,11 @@ def _run_autopipe(job: _Job) -> Outcome:
         search_space=job.corpus.space,
         early_stop_params=SFT_PARAMETERS,
     )
-    study = job.study("autopipe", sampler)
+    study, lost = job.study("autopipe", sampler)
     features.to_study(study)
+    for trial in lost:  # a lost promotion is promoted again, from the same early stop
+        if PROMOTED_FROM_ATTR in trial.user_attrs:
+            promote(study, study.trials[trial.user_attrs[PROMOTED_FROM_ATTR]])
     early = job.objective(early_stop=FRACTION, regressor=prior.regressor, dataset=features)
     spent = [
         t
@@ -218,25 +285,30 @@ def _run_autopipe(job: _Job) -> Outcome:
     waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
     if waiting:
         study.optimize(early, n_trials=len(waiting))
-    return _progress(_outcome("autopipe", job.dataset.name, job.seed, study), started)
+    return _progress(_outcome("autopipe", job.dataset.name, job.seed, study), started, study)
 
 
 def _run_tpe(job: _Job, seconds: float) -> Outcome:
     """Full runs until ``seconds`` of pipeline time are spent (worker process)."""
     _quiet()
     started = time.time()
-    study = job.study("tpe", optuna.samplers.TPESampler(seed=job.seed))
+    study, _ = job.study("tpe", optuna.samplers.TPESampler(seed=job.seed))
     full = job.objective(early_stop=None)
     while not study.trials or _spent(study) < seconds:
         study.optimize(full, n_trials=1)
-    return _progress(_outcome("tpe", job.dataset.name, job.seed, study), started)
+    return _progress(_outcome("tpe", job.dataset.name, job.seed, study), started, study)
 
 
-def _progress(outcome: Outcome, started: float) -> Outcome:
+def _progress(outcome: Outcome, started: float, study: optuna.Study) -> Outcome:
+    ran = any(
+        t.datetime_complete is not None and t.datetime_complete.timestamp() >= started
+        for t in study.get_trials(deepcopy=False)
+    )
     print(
         f"  {outcome.method:8} {outcome.dataset:20} seed {outcome.seed}: {outcome.trials:2d} "
         f"trials ({outcome.full_runs} full), {outcome.seconds:4.0f} pipeline s, best full run "
-        f"{outcome.score:.3f}  [{time.time() - started:.0f} s wall]",
+        f"{outcome.score:.3f}  "
+        + (f"[{time.time() - started:.0f} s wall]" if ran else "[done before: resumed]"),
         flush=True,
     )
     return outcome
@@ -273,35 +345,73 @@ def run_demo(
     bundled one) was generated with; seed ``k`` runs on ``held_out[k % len(held_out)]``;
     ``workers`` jobs run at once (one process each, one torch thread each).
 
-    Raises ``ValueError`` for a held-out dataset whose name is one of the corpus's.
+    Raises ``ValueError`` for a held-out dataset whose name is one of the corpus's, a
+    missing corpus file, an ``out`` that is a file, an ``out`` holding a demo made with
+    other settings (budget, corpus file or scale), or another demo running in ``out``.
     """
     out = Path(out)
     names = {d.name for d in corpus.datasets}
     clash = sorted(names & {d.name for d in held_out})
     if clash:
         raise ValueError(f"Held-out datasets {clash} are in corpus {corpus.name}; rename them.")
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    load_prior(out, None if corpus_path is None else Path(corpus_path))
-    files = {d.name: dataset_files(out, d, corpus.scale) for d in held_out}
-    jobs = [
-        _Job(out, corpus, d, files[d.name], k, budget)
-        for k in seeds
-        for d in [held_out[k % len(held_out)]]
-    ]
-    print(
-        f"prior ready ({time.time() - started:.0f} s); {len(jobs)} jobs "
-        f"({', '.join(f'{j.dataset.name} seed {j.seed}' for j in jobs)}), "
-        f"{workers} studies at a time",
-        flush=True,
+    source = bundle.BUNDLED / "corpus.jsonl" if corpus_path is None else Path(corpus_path)
+    if not source.is_file():
+        raise ValueError(
+            f"--corpus {source}: no such file; give the corpus.jsonl an `autopipe corpus "
+            "generate` wrote, or leave --corpus out for the bundled corpus."
+        )
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder (it is created if missing).")
+    # as a study attr stores it (JSON: tuples become lists)
+    settings = json.loads(
+        json.dumps(
+            {
+                "budget": budget,
+                "corpus": corpus.name,
+                "corpus_sha256": _digest(source),
+                "scale": asdict(corpus.scale),
+            }
+        )
     )
-    outcomes = _run_jobs(jobs, workers)
-    print(table(outcomes))
-    plot = out / "regret_vs_pipeline_time.png"
-    plot_regret(outcomes, plot)
-    print(f"wall time: {time.time() - started:.0f} s; plot: {plot}")
-    print(f"\nView the studies:\n  optuna-dashboard {out / 'demo.journal'}")
+    _check_resumable(out, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        started = time.time()
+        load_prior(out, source)
+        files = {d.name: dataset_files(out, d, corpus.scale) for d in held_out}
+        jobs = [
+            _Job(out, corpus, d, files[d.name], k, budget, settings)
+            for k in seeds
+            for d in [held_out[k % len(held_out)]]
+        ]
+        at_once = min(workers, 2 * len(jobs))
+        print(
+            f"prior ready ({time.time() - started:.0f} s); {_count(len(jobs), 'job')} "
+            f"({', '.join(f'{j.dataset.name} seed {j.seed}' for j in jobs)}), up to "
+            f"{_count(at_once, 'study', 'studies')} at a time",
+            flush=True,
+        )
+        outcomes = _run_jobs(jobs, at_once)
+        print(table(outcomes))
+        plot = out / "regret_vs_pipeline_time.png"
+        plot_regret(outcomes, plot)
+        print(f"wall time: {time.time() - started:.0f} s; plot: {plot}")
+        print(f"\nView the studies:\n  {_dashboard()} {out / 'demo.journal'}")
     return outcomes
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _dashboard() -> str:
+    """The optuna-dashboard command: its name when on PATH, else its path beside Python."""
+    beside = Path(sys.executable).with_name("optuna-dashboard")
+    return (
+        "optuna-dashboard"
+        if shutil.which("optuna-dashboard") or not beside.exists()
+        else str(beside)
+    )
 
 
 def _best_known(outcomes: Sequence[Outcome]) -> dict[str, float]:
@@ -320,10 +430,10 @@ def table(outcomes: Sequence[Outcome]) -> str:
     spend = {(o.dataset, o.seed): o.seconds for o in outcomes if o.method == "autopipe"}
     lines = [
         "",
-        "AutoPipe vs TPE at equal pipeline time (score: exact match on the held-out dataset's "
-        "eval suite; regret: from the best full run any study found on that dataset; TPE "
-        "stops at its first full run that reaches AutoPipe's spend, 'at equal s' is its "
-        "score when it had spent no more than AutoPipe)",
+        "AutoPipe vs TPE at equal pipeline time. Score: exact match on the held-out dataset's "
+        "eval suite;\nregret: from the best full run any study found on that dataset; TPE "
+        "stops at its first full run that reaches AutoPipe's\nspend, 'at equal s' is its "
+        "score when it had spent no more than AutoPipe.",
         f"{'method':8} {'dataset':20} {'seed':>4} {'trials':>6} {'full runs':>9} "
         f"{'pipeline s':>10} {'score':>6} {'regret':>6} {'at equal s':>10}",
     ]
@@ -339,7 +449,7 @@ def table(outcomes: Sequence[Outcome]) -> str:
         regrets = [best.get(o.dataset, np.nan) - o.score for o in mine]
         lines.append(
             f"{method:8} mean score {np.mean([o.score for o in mine]):.3f}, mean regret "
-            f"{np.mean(regrets):.3f} (worst {max(regrets):.3f}), "
+            f"{np.mean(regrets):.3f} (worst {np.max(regrets):.3f}), "
             f"{np.mean([o.seconds for o in mine]):.0f} pipeline s per study"
         )
     pairs: dict[tuple[str, int], dict[str, Outcome]] = {}
@@ -353,7 +463,8 @@ def table(outcomes: Sequence[Outcome]) -> str:
         wins += mine.score > theirs.score
         ties += mine.score == theirs.score
         at_spend = theirs.score_at(mine.seconds)
-        wins_at_spend += not mine.score <= at_spend  # TPE with no full run by then loses
+        # TPE with no full run by then loses; AutoPipe with no verified run never wins
+        wins_at_spend += bool(np.isfinite(mine.score) and not mine.score <= at_spend)
     lines.append(
         f"AutoPipe better on {wins} of {len(pairs)} jobs, tied on {ties}; better than TPE at "
         f"equal spend on {wins_at_spend}."
@@ -382,10 +493,12 @@ def plot_regret(outcomes: Sequence[Outcome], path: Path) -> None:
             ys = [np.nan if y is None else best[dataset] - y for _, y in points]
             ax.step(xs, ys, where="post", label=o.method)
             if o.method == "autopipe":
-                ax.axvline(o.seconds, color="grey", linestyle=":", linewidth=1)
+                ax.axvline(
+                    o.seconds, color="grey", linestyle=":", linewidth=1, label="AutoPipe's spend"
+                )
         ax.set_title(f"{dataset}, seed {seed}", fontsize=9)
         ax.set_xlabel("pipeline seconds")
-    axes[0][0].set_ylabel("regret (exact match)")
+    axes[0][0].set_ylabel("regret (exact match, lower is better)")
     axes[0][0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

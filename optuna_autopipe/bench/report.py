@@ -170,6 +170,11 @@ def _references(
 REFERENCE_METHOD = "tpe"
 
 
+def _share(cost: float, reference: float) -> str:
+    """``cost`` as a percentage of ``reference``; "n/a" without a reference."""
+    return f"{cost / reference:.0%}" if np.isfinite(reference) and reference > 0 else "n/a"
+
+
 def mean_se(values: pd.Series) -> str:
     """``mean ± standard error`` to 3 decimals (the mean alone for fewer than 2 values)."""
     values = values.dropna()
@@ -187,7 +192,7 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
         f"# {spec.benchmark}: protocol `{spec.tag}` (sources: {sources}), "
         f"prior noise `{spec.prior_noise}`",
         "",
-        f"Budget {spec.budget} full evaluations, {spec.seeds} seeds, "
+        f"Budget {spec.budget} full evaluations, {spec.seeds} seed{'s' * (spec.seeds != 1)}, "
         f"{table['dataset'].nunique()} datasets. Normalised regret "
         "(regret / |best − median| of the reference pool, lower is better): mean ± s.e. across "
         "datasets of the per-dataset means over seeds; worst dataset: the highest of those "
@@ -214,7 +219,7 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
             f"| {int((regrets > 1.0).sum())} | {rows['score'].mean():.4g} "
             f"| {mean_se(rows['regret'])} "
             f"| {rows['cost'].mean():.2f} | {rows['cost_real'].mean():.4g} "
-            f"| {rows['cost_real'].mean() / reference_cost:.0%} "
+            f"| {_share(rows['cost_real'].mean(), reference_cost)} "
             f"| {rows['n_evals'].mean():.1f} |"
         )
     datasets = list(dict.fromkeys(table["dataset"]))
