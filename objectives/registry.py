@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -109,6 +110,11 @@ def _post_training(root: Any, **_: Any) -> Benchmark:
 
     journal = root / POST_TRAINING_JOURNAL
     if not journal.exists() and (BUNDLED / JOURNAL_XZ).is_file():
+        print(
+            f"post-training: {journal} not found; replaying the corpus bundled with the package "
+            f"({BUNDLED / 'generation.json'} says how many runs).",
+            file=sys.stderr,
+        )
         journal = bundled_journal()
     tasks = load_post_training(journal)
     return Benchmark("post-training", tasks, {t.name: post_training_group(t.name) for t in tasks})

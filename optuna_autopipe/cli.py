@@ -332,6 +332,11 @@ def _generate_corpus(args: argparse.Namespace) -> int:
     datasets = args.datasets or [d.name for d in corpus.datasets]
     for name in datasets:
         corpus.dataset(name)  # names the corpus's datasets when one is unknown
+    if args.corpus_command == "report" and not (Path(args.out) / "runs.journal").is_file():
+        raise FileNotFoundError(
+            f"No corpus generation in {args.out} (no runs.journal): run `autopipe corpus "
+            f"generate --out {args.out}` first."
+        )
     if args.corpus_command == "report":
         if args.seed_spread:
             seed_spread(args.out, args.seed_spread, corpus=corpus)

@@ -496,6 +496,19 @@ def test_missing_benchmark_data_names_the_file_and_the_download_command(tmp_path
     assert not out.exists()  # no storage was created
 
 
+def test_a_corpus_report_without_a_generation_says_what_to_run(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["corpus", "report", "--out", str(empty)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"autopipe: error: No corpus generation in {empty}")
+    assert "autopipe corpus generate --out" in error
+    assert list(empty.iterdir()) == []  # no journal was created
+    with pytest.raises(SystemExit):
+        main(["demo", "--seeds", "1,2"])
+    assert "expected a whole number >= 1, got '1,2'" in capsys.readouterr().err
+
+
 def test_unknown_command_line_arguments_exit_2_with_the_message(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--bogus"])

@@ -128,16 +128,27 @@ def test_the_bench_runs_the_papers_methods_on_the_replay(root, tmp_path):
     assert (table["cost"] <= spec.budget + 1e-9).all()
 
 
-def test_a_bundled_corpus_is_what_the_benchmark_reads_without_data(root, tmp_path, monkeypatch):
+def _work(folder, names):
+    return [n for n in names if n == "work"]  # checkpoints: not part of a generation's record
+
+
+def test_a_bundled_corpus_is_what_the_benchmark_reads_without_data(
+    root, tmp_path, monkeypatch, capfd
+):
     import json
+    import shutil
 
     from objectives.post_training import bundle
     from optuna_autopipe.corpus import Corpus
 
-    generation = root / "post-training"
     with pytest.raises(FileNotFoundError, match=r"generation\.json not found"):
         bundle.bundle(tmp_path / "nothing-generated", tmp_path / "bundled")
-    written = bundle.bundle(generation, tmp_path / "bundled")
+    # a generation still running: its journal ends in a record being written
+    running = shutil.copytree(root / "post-training", tmp_path / "running", ignore=_work)
+    with (running / "runs.journal").open("ab") as journal_file:
+        journal_file.write(b'{"op_code": 5, "worker_id": "x", "trial_id"')
+    written = bundle.bundle(running, tmp_path / "bundled")
+    generation = root / "post-training"
     assert [p.name for p in written] == [*bundle.FILES, bundle.JOURNAL_XZ]  # no -base models
     shipped = Corpus.load(tmp_path / "bundled" / "corpus.jsonl")
     assert sorted(d.name for d in shipped.datasets) == sorted(f"mini-{n}" for n in DATASETS)
@@ -152,7 +163,9 @@ def test_a_bundled_corpus_is_what_the_benchmark_reads_without_data(root, tmp_pat
     assert bundle.bundled_journal(tmp_path / "bundled") == journal  # decompressed once
     monkeypatch.setattr(bundle, "BUNDLED", tmp_path / "bundled")
     empty = tmp_path / "no-data"
+    capfd.readouterr()
     benchmark = load_benchmark("post-training", data_dir=empty)
+    assert "replaying the corpus bundled with the package" in capfd.readouterr().err
     own = load_benchmark("post-training", data_dir=root)
     assert [t.name for t in benchmark.tasks] == [t.name for t in own.tasks]
     for mine, theirs in zip(benchmark.tasks, own.tasks, strict=True):

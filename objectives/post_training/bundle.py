@@ -19,6 +19,7 @@ import lzma
 import os
 import shutil
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,28 +55,38 @@ def bundle(out: str | Path, dest: str | Path | None = None) -> list[Path]:
     record = json.loads((out / "generation.json").read_text())
     names = [d["name"] for d in record["datasets"]]
     dest.mkdir(parents=True, exist_ok=True)
-    written = [save_corpus(out, names, dest / "corpus.jsonl")]
-    record["bundled"] = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        **run_record(journal(out), names),
-    }
-    written.append(dest / "generation.json")
-    written[-1].write_text(json.dumps(record, indent=1))
-    written.append(dest / "report.md")
-    written[-1].write_text(report(out, names) + "\n")
-    partial = dest / (JOURNAL_XZ + ".partial")
-    with (out / "runs.journal").open("rb") as raw, lzma.open(partial, "wb", preset=9) as packed:
-        shutil.copyfileobj(raw, packed)
-    os.replace(partial, dest / JOURNAL_XZ)
-    written.append(dest / JOURNAL_XZ)
+    # Every file comes from one copy of the journal, cut after its last complete record (a
+    # running generation appends to it meanwhile); the bases are packed first, as they may
+    # have to be built, and each file replaces its old version only once complete.
     bases = [
         name
         for name in record["space"]["base_model"]
         if name.startswith(TINY_PREFIX) and name.endswith("-base")
     ]
-    if bases:
-        written.append(bundle_bases(bases, dest))
-    return written
+    packed_bases = [bundle_bases(bases, dest)] if bases else []
+    with tempfile.TemporaryDirectory() as folder:
+        snapshot = Path(folder)
+        data = (out / "runs.journal").read_bytes()
+        (snapshot / "runs.journal").write_bytes(data[: data.rfind(b"\n") + 1])
+        record["bundled"] = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            **run_record(journal(snapshot), names),
+        }
+        save_corpus(snapshot, names, snapshot / "corpus.jsonl")
+        (snapshot / "generation.json").write_text(json.dumps(record, indent=1))
+        (snapshot / "report.md").write_text(report(snapshot, names) + "\n")
+        with (
+            (snapshot / "runs.journal").open("rb") as raw,
+            lzma.open(snapshot / JOURNAL_XZ, "wb", preset=9) as packed,
+        ):
+            shutil.copyfileobj(raw, packed)
+        written = []
+        for name in (*FILES, JOURNAL_XZ):
+            partial = dest / (name + ".partial")
+            shutil.copyfile(snapshot / name, partial)
+            os.replace(partial, dest / name)
+            written.append(dest / name)
+    return written + packed_bases
 
 
 def bundle_bases(names: list[str], dest: str | Path | None = None) -> Path:
