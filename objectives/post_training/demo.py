@@ -49,8 +49,10 @@ from objectives.post_training.mini_corpus import (
     MiniCorpus,
     MiniDataset,
     dataset_files,
+    fail_lost_runs,
     objective,
     profile,
+    quiet_worker,
 )
 from objectives.post_training.objective import FAILURE_ATTR, PostTrainingObjective
 from objectives.post_training.search_space import SFT_PARAMETERS
@@ -208,7 +210,8 @@ class _Job:
     files: DatasetFiles
     seed: int
     budget: int
-    #: What the studies' results depend on besides the seed (``_settings``), stored on each.
+    #: What the studies' results depend on besides the seed (``run_demo``'s settings), stored
+    #: on each study.
     settings: dict[str, Any]
 
     def study(
@@ -225,10 +228,7 @@ class _Job:
             load_if_exists=True,
         )
         study.set_user_attr(SETTINGS_ATTR, self.settings)
-        lost = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        for trial in lost:
-            study.tell(trial.number, state=TrialState.FAIL)
-        return study, lost
+        return study, fail_lost_runs(study)
 
     def objective(self, **options: Any) -> PostTrainingObjective:
         return objective(
@@ -244,16 +244,9 @@ class _Job:
         return profile(self.dataset.name, self.files)
 
 
-def _quiet() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
 def _run_autopipe(job: _Job) -> Outcome:
     """``budget`` trials stopped at ``FRACTION``, then the promotions (worker process)."""
-    _quiet()
+    quiet_worker()
     started = time.time()
     prior = Prior.load(job.out / "prior")
     features = job.features()
@@ -290,7 +283,7 @@ def _run_autopipe(job: _Job) -> Outcome:
 
 def _run_tpe(job: _Job, seconds: float) -> Outcome:
     """Full runs until ``seconds`` of pipeline time are spent (worker process)."""
-    _quiet()
+    quiet_worker()
     started = time.time()
     study, _ = job.study("tpe", optuna.samplers.TPESampler(seed=job.seed))
     full = job.objective(early_stop=None)

@@ -237,18 +237,34 @@ def journal(out: Path) -> optuna.storages.JournalStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(str(out / "runs.journal")))
 
 
+def fail_lost_runs(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Fail the trials a killed process left RUNNING (no pipeline failure attached, so a
+    resumed run does them again); returns them as they were."""
+    lost = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in lost:
+        study.tell(trial.number, state=TrialState.FAIL)
+    return lost
+
+
+def quiet_worker() -> None:
+    """Set up a pipeline worker process: one torch thread, Optuna's warnings only."""
+    import torch
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def _pending(study: optuna.Study, configs: list[dict[str, Any]]) -> list[int | None]:
     """Run indices still to enqueue for one study, plus ``None`` per leftover WAITING trial.
 
     Stale RUNNING trials (a killed generation) are failed first and their runs redone.
     """
+    fail_lost_runs(study)
     done: set[int] = set()
     waiting = 0
     for trial in study.get_trials(deepcopy=False):
         index = trial.user_attrs.get(RUN_INDEX_ATTR)
-        if trial.state == TrialState.RUNNING:
-            study.tell(trial.number, state=TrialState.FAIL)
-        elif trial.state == TrialState.WAITING:
+        if trial.state == TrialState.WAITING:
             waiting += 1
             done.add(index)
         elif trial.state == TrialState.COMPLETE or FAILURE_ATTR in trial.user_attrs:
@@ -280,10 +296,7 @@ def _worker(
     seed: int,
     device: str,
 ) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_worker()
     root = Path(out)
     storage = journal(root)
     runs = {

@@ -166,7 +166,7 @@ def _references(
 
 
 #: The method whose cost the summary's relative cost column divides by (paper Table 4.1's
-#: high-resource baseline; "nan%" when it was not run).
+#: high-resource baseline; "n/a" when it was not run).
 REFERENCE_METHOD = "tpe"
 
 
