@@ -173,3 +173,28 @@ def test_a_bundled_corpus_is_what_the_benchmark_reads_without_data(
     monkeypatch.setattr(bundle, "BUNDLED", tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="corpus journal"):
         load_benchmark("post-training", data_dir=empty)
+
+
+def test_seed_spread_reruns_a_run_a_killed_process_left_running(root, tiny_v2, tmp_path):
+    import shutil
+
+    from objectives.post_training.corpus_report import SEEDS_SUFFIX, seed_spread
+    from objectives.post_training.mini_corpus import RUN_INDEX_ATTR, journal
+
+    corpus, _ = tiny_v2
+    out = shutil.copytree(root / "post-training", tmp_path / "corpus", ignore=_work)
+    first = seed_spread(out, "yesno", seeds=(1,), corpus=corpus)
+    picks = sorted({t.user_attrs[RUN_INDEX_ATTR] for t in first.trials})
+    # a seed-2 run of the first pick, killed mid-run
+    study = optuna.load_study(study_name="mini-yesno" + SEEDS_SUFFIX, storage=journal(out))
+    study.enqueue_trial(first.trials[0].params, user_attrs={RUN_INDEX_ATTR: picks[0]})
+    lost = study.ask()
+    lost.set_user_attr("seed", 2)
+    again = seed_spread(out, "yesno", seeds=(1, 2), corpus=corpus)
+    assert again.trials[lost.number].state == TrialState.FAIL
+    done = {
+        (t.user_attrs[RUN_INDEX_ATTR], t.user_attrs["seed"])
+        for t in again.trials
+        if t.state == TrialState.COMPLETE
+    }
+    assert done == {(index, seed) for index in picks for seed in (1, 2)}

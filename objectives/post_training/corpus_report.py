@@ -17,6 +17,7 @@ from objectives.post_training.mini_corpus import (
     V1,
     MiniCorpus,
     dataset_files,
+    fail_lost_runs,
     journal,
     objective,
     study_name,
@@ -52,7 +53,12 @@ def seed_spread(
         pruner=optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
-    have = {(t.user_attrs.get(RUN_INDEX_ATTR), t.user_attrs.get("seed")) for t in study.trials}
+    fail_lost_runs(study)
+    have = {
+        (t.user_attrs.get(RUN_INDEX_ATTR), t.user_attrs.get("seed"))
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.FAIL or FAILURE_ATTR in t.user_attrs
+    }
     files = dataset_files(out, corpus.dataset(task), corpus.scale)
     runs_by_seed = {
         seed: objective(
