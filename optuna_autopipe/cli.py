@@ -3,7 +3,8 @@
     autopipe bench --benchmark {nmt,lcbench} --methods random,tpe,... --budget 15 --seeds 5 \
         [--storage URL] [--protocol P [--sources K]] [--prior-noise MODE] --out DIR
     autopipe demo [--out DIR] [--budget N] [--seeds N] [--workers K] [--corpus corpus.jsonl]
-    autopipe corpus generate --out DIR [--runs N] [--workers K] [--datasets A,B]
+    autopipe corpus generate --out DIR [--runs N] [--training-seeds N] [--workers K]
+        [--datasets A,B]
     autopipe corpus report --out DIR [--seed-spread DATASET]
     autopipe corpus bundle --out DIR
     autopipe fit-prior (--storage URL --studies A,B,... | --benchmark NAME) --out DIR \
@@ -96,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
     generate.add_argument("--datasets", type=_methods, default=None, help="comma-separated")
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--training-seeds",
+        type=_positive,
+        default=1,
+        help="train every configuration with this many seeds (its score: their mean)",
+    )
     generate.add_argument(
         "--device",
         choices=("cpu", "cuda", "auto"),
@@ -351,6 +358,7 @@ def _generate_corpus(args: argparse.Namespace) -> int:
         workers=args.workers,
         datasets=datasets,
         seed=args.seed,
+        training_seeds=args.training_seeds,
         device=args.device,
     )
     print(f"wrote {path}")

@@ -198,3 +198,46 @@ def test_seed_spread_reruns_a_run_a_killed_process_left_running(root, tiny_v2, t
         if t.state == TrialState.COMPLETE
     }
     assert done == {(index, seed) for index in picks for seed in (1, 2)}
+
+
+def test_a_second_training_seed_scores_each_configuration_by_the_mean(root, tiny_v2, tmp_path):
+    import json
+    import shutil
+
+    from objectives.post_training.mini_corpus import (
+        RUN_INDEX_ATTR,
+        config_key,
+        generate,
+        journal,
+        study_name,
+    )
+    from optuna_autopipe.corpus import Corpus
+
+    corpus, _ = tiny_v2
+    out = shutil.copytree(root / "post-training", tmp_path / "corpus", ignore=_work)
+    # two of yesno's four configurations get a second training seed
+    generate(out, corpus=corpus, runs=2, workers=1, datasets=["yesno"], training_seeds=2)
+    storage = journal(out)
+    first = optuna.load_study(study_name=study_name("yesno"), storage=storage)
+    second = optuna.load_study(study_name=study_name("yesno", 1), storage=storage)
+    assert second.study_name == "mini-yesno/seed-1"
+    assert [t.user_attrs["seed"] for t in second.trials] == [1, 1]
+    assert all(t.state == TrialState.COMPLETE for t in second.trials)
+    assert len(first.trials) == 4  # the first seed's runs are not redone
+    mean = {config_key(t.params): t.value for t in first.trials}
+    for t in second.trials:
+        assert t.params == first.trials[t.user_attrs[RUN_INDEX_ATTR]].params
+        mean[config_key(t.params)] = (mean[config_key(t.params)] + t.value) / 2
+    record = json.loads((out / "generation.json").read_text())
+    assert record["training_seeds"] == [0, 1]
+    assert record["runs_complete_by_seed"] == {"0": 4, "1": 2}
+    saved = Corpus.load(out / "corpus.jsonl").dataset("mini-yesno")
+    assert {config_key(c): s for c, s in zip(saved.configs, saved.scores, strict=True)} == (
+        pytest.approx(mean)
+    )
+    task = {t.name: t for t in load_post_training(out / "runs.journal")}["yesno"]
+    configs, scores = task.pool()
+    assert {config_key(c): s for c, s in zip(configs, scores, strict=True)} == pytest.approx(mean)
+    run = task.run_of(second.trials[0].params)
+    own = first.trials[second.trials[0].user_attrs[RUN_INDEX_ATTR]]
+    assert run.sft_seconds == own.user_attrs["autopipe:cost"]["sft"]["seconds"]

@@ -11,8 +11,11 @@ Layout of ``out``::
     data/<name>-<difficulty>/sft.jsonl, rl.jsonl, eval/test.jsonl[, eval/hard.jsonl]
     runs.journal        Optuna journal storage: one study per dataset ("mini-<name>"), the
                         dataset profile in its user attrs, one COMPLETE trial per run with its
-                        dynamics, scores and costs (FAIL: the pipeline failed, reason attached)
-    corpus.jsonl        ``Corpus.save`` of the studies (what ``fit_prior`` reads)
+                        dynamics, scores and costs (FAIL: the pipeline failed, reason attached);
+                        with ``training_seeds`` k > 1, the same configurations trained with
+                        seeds 1..k-1 in studies "mini-<name>/seed-<j>"
+    corpus.jsonl        ``Corpus.save`` of the studies (what ``fit_prior`` reads); a run's score
+                        is the mean over the training seeds that finished it
     generation.json     the command's settings, machine, versions, seeds, wall time
 
 Generation is resumable: every finished run is in the journal at once; a restart fails the
@@ -35,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
@@ -161,8 +165,35 @@ CORPORA = {corpus.name: corpus for corpus in (V1, V2)}
 DEMO = _single("compare", 1)
 
 
-def study_name(dataset: str) -> str:
-    return f"mini-{dataset}"
+#: Between a dataset's study name and a training seed's number: "mini-<name>/seed-<j>".
+SEED_MARK = "/seed-"
+
+
+def study_name(dataset: str, seed: int = 0) -> str:
+    """The study of ``dataset``'s runs with training seed index ``seed`` (0: the main one)."""
+    return f"mini-{dataset}" if seed == 0 else f"mini-{dataset}{SEED_MARK}{seed}"
+
+
+def config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def seeded_runs(
+    storage: optuna.storages.BaseStorage, study: str
+) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    """The COMPLETE runs of main study ``study`` and of its other training seeds' studies
+    (``study`` + ``SEED_MARK`` + j), per configuration (``config_key``), the main run first."""
+    names = sorted(
+        s.study_name
+        for s in storage.get_all_studies()
+        if s.study_name.startswith(study + SEED_MARK)
+    )
+    runs: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for name in (study, *names):
+        loaded = optuna.load_study(study_name=name, storage=storage)
+        for trial in loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            runs.setdefault(config_key(trial.params), []).append(trial)
+    return runs
 
 
 def dataset_files(
@@ -283,9 +314,9 @@ def _report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     )
 
 
-#: One run to do: the dataset, and the run index with its configuration to enqueue (``None``:
-#: run a WAITING trial a stopped generation left behind).
-Job = tuple[str, tuple[int, dict[str, Any]] | None]
+#: One run to do: the dataset, the training seed index, and the run index with its
+#: configuration to enqueue (``None``: run a WAITING trial a stopped generation left behind).
+Job = tuple[str, int, tuple[int, dict[str, Any]] | None]
 
 
 def _worker(
@@ -300,26 +331,26 @@ def _worker(
     root = Path(out)
     storage = journal(root)
     runs = {
-        name: objective(
+        (name, k): objective(
             files[name],
             corpus.scale,
             output_dir=root / "work",
             space=corpus.space,
             early_stop=None,
-            seed=seed,
+            seed=seed + k,
             device=device,
         )
-        for name in {name for name, _ in jobs}
+        for name, k in {(name, k) for name, k, _ in jobs}
     }
-    for name, planned in jobs:
+    for name, k, planned in jobs:
         # corpus runs are full runs: no pruner may stop them
         study = optuna.load_study(
-            study_name=study_name(name), storage=storage, pruner=optuna.pruners.NopPruner()
+            study_name=study_name(name, k), storage=storage, pruner=optuna.pruners.NopPruner()
         )
         if planned is not None:
             index, config = planned
             study.enqueue_trial(config, user_attrs={RUN_INDEX_ATTR: index})
-        study.optimize(runs[name], n_trials=1, callbacks=[_report])
+        study.optimize(runs[name, k], n_trials=1, callbacks=[_report])
 
 
 def generate(
@@ -330,13 +361,19 @@ def generate(
     workers: int = 2,
     datasets: Sequence[str] | None = None,
     seed: int = 0,
+    training_seeds: int = 1,
     device: str = "cpu",
 ) -> Path:
     """Run (or resume) the generation of ``corpus`` (``datasets``: a subset of its dataset
     names) with ``workers`` processes, every run on ``device`` (``"cuda"``: all workers share
     the GPU; keep one device type per corpus, since numerics differ between CPU and GPU);
     returns the path of ``corpus.jsonl``. A later call with more ``runs`` extends every
-    dataset's plan (its first runs are the same)."""
+    dataset's plan (its first runs are the same).
+
+    ``seed`` draws the datasets and the plan and is the first training seed; each
+    configuration is trained with seeds ``seed`` .. ``seed + training_seeds - 1`` (every
+    configuration's first seed runs before any second one, so a stopped generation leaves
+    whole passes)."""
     out = Path(out)
     chosen = [corpus.dataset(n) for n in datasets] if datasets else list(corpus.datasets)
     out.mkdir(parents=True, exist_ok=True)
@@ -347,17 +384,19 @@ def generate(
     for name in corpus.space["base_model"].choices:  # built once, before the workers start
         resolve_model(str(name))
     for dataset in chosen:
-        study = optuna.create_study(
-            study_name=study_name(dataset.name),
-            storage=storage,
-            direction="maximize",
-            load_if_exists=True,
-        )
-        profile(dataset.name, files[dataset.name]).to_study(study)
         configs = planned_configs(dataset.name, runs, seed, corpus.space)
-        jobs += [
-            (dataset.name, None if i is None else (i, configs[i])) for i in _pending(study, configs)
-        ]
+        for k in range(training_seeds):
+            study = optuna.create_study(
+                study_name=study_name(dataset.name, k),
+                storage=storage,
+                direction="maximize",
+                load_if_exists=True,
+            )
+            profile(dataset.name, files[dataset.name]).to_study(study)
+            jobs += [
+                (dataset.name, k, None if i is None else (i, configs[i]))
+                for i in _pending(study, configs)
+            ]
     names = [d.name for d in chosen]
 
     def record(status: str) -> None:
@@ -371,6 +410,7 @@ def generate(
             "scale": asdict(corpus.scale),
             "space": {name: list(dist.choices) for name, dist in corpus.space.items()},
             "seed": seed,
+            "training_seeds": list(range(seed, seed + training_seeds)),
             "device": device,
             "wall_seconds_this_call": round(time.time() - started),
             **run_record(storage, names),
@@ -384,7 +424,7 @@ def generate(
     # written first too: a generation stopped midway still says what it was running
     record("running")
     # interleave datasets so a stopped generation leaves every dataset partly done
-    jobs.sort(key=lambda job: (-1 if job[1] is None else job[1][0], job[0]))
+    jobs.sort(key=lambda job: (job[1], -1 if job[2] is None else job[2][0], job[0]))
     shares = [jobs[k::workers] for k in range(workers)]
     context = multiprocessing.get_context("spawn")
     processes = [
@@ -403,32 +443,55 @@ def generate(
 
 def save_corpus(out: Path, datasets: Sequence[str], path: Path | None = None) -> Path:
     """Write ``Corpus.save`` of the journal's runs on ``datasets`` (``CORPUS_POINTS`` per
-    metric) to ``path`` (default ``out/corpus.jsonl``); returns it."""
-    saved = Corpus.from_studies(journal(out), [study_name(n) for n in datasets])
+    metric) to ``path`` (default ``out/corpus.jsonl``); returns it. A run's score is the mean
+    over its configuration's finished training seeds; its dynamics are the main seed's."""
+    storage = journal(out)
+    saved = Corpus.from_studies(storage, [study_name(n) for n in datasets])
+    for runs in saved.datasets:
+        seeds = seeded_runs(storage, runs.name)
+        runs.scores = np.array(
+            [np.mean([t.value for t in seeds[config_key(c)]]) for c in runs.configs]
+        )
     path = out / "corpus.jsonl" if path is None else path
     saved.save(path, max_points=CORPUS_POINTS)
     return path
 
 
+def seed_index(name: str) -> int:
+    """The training seed index of a corpus study name (0: a main study)."""
+    return int(name.split(SEED_MARK)[1]) if SEED_MARK in name else 0
+
+
 def run_record(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> dict[str, Any]:
-    """Counts and times over every run of ``datasets`` in the journal (all calls of a resumed
-    generation; ``runs_failed``: pipeline failures, not runs a stopped generation lost)."""
-    trials = [
-        t
-        for task in datasets
-        for t in optuna.load_study(study_name=study_name(task), storage=storage).trials
-        if t.datetime_complete is not None
+    """Counts and times over every run of ``datasets`` in the journal, every training seed
+    (all calls of a resumed generation; ``runs_failed``: pipeline failures, not runs a stopped
+    generation lost; ``runs_complete_by_seed``: per training seed index)."""
+    mains = {study_name(d) for d in datasets}
+    studies = [
+        s.study_name for s in storage.get_all_studies() if s.study_name.split(SEED_MARK)[0] in mains
     ]
-    if not trials:
+    trials = {
+        name: [
+            t
+            for t in optuna.load_study(study_name=name, storage=storage).trials
+            if t.datetime_complete is not None
+        ]
+        for name in studies
+    }
+    every = [t for runs in trials.values() for t in runs]
+    if not every:
         return {}
-    first = min(t.datetime_start for t in trials)
-    last = max(t.datetime_complete for t in trials)
+    by_seed: dict[str, int] = {}
+    for name, runs in trials.items():
+        key = str(seed_index(name))
+        by_seed[key] = by_seed.get(key, 0) + sum(t.state == TrialState.COMPLETE for t in runs)
     return {
-        "runs_complete": sum(t.state == TrialState.COMPLETE for t in trials),
-        "runs_failed": sum(FAILURE_ATTR in t.user_attrs for t in trials),
-        "first_run_started": first.isoformat(timespec="seconds"),
-        "last_run_finished": last.isoformat(timespec="seconds"),
-        "pipeline_seconds_total": round(sum(float(t.user_attrs.get("cost", 0)) for t in trials)),
+        "runs_complete": sum(by_seed.values()),
+        "runs_complete_by_seed": dict(sorted(by_seed.items())),
+        "runs_failed": sum(FAILURE_ATTR in t.user_attrs for t in every),
+        "first_run_started": min(t.datetime_start for t in every).isoformat(timespec="seconds"),
+        "last_run_finished": max(t.datetime_complete for t in every).isoformat(timespec="seconds"),
+        "pipeline_seconds_total": round(sum(float(t.user_attrs.get("cost", 0)) for t in every)),
     }
 
 

@@ -17,9 +17,12 @@ Cost: recorded pipeline seconds. SFT step s costs ``sft_seconds · s / S``; the 
 adds the GRPO seconds up to ``f`` and one evaluation. ``Evaluation.fidelity`` is the share of
 the run's full cost reached (1 at the end of GRPO), ``cost`` the added share.
 
-Scores: one recorded run per configuration (training seed 0), so the observed final score is
-the true score; ``autopipe corpus report`` measures how far another seed moves it. An
-unrecorded configuration maps to the nearest recorded one (squared distance over each
+Scores: where the corpus trained a configuration with several seeds (``generate(
+training_seeds=...)``), its score at each rung is the mean over the seeds that finished, and
+that mean is both what a run observes and its true score; its SFT dynamics and seconds are
+the main seed's run (one run is what a method pays for and watches). ``autopipe corpus
+report`` gives the seed spread next to the spread across configurations. An unrecorded
+configuration maps to the nearest recorded one (squared distance over each
 parameter's position in its ordered choices, scaled to [0, 1]; first on ties), the same rule
 for every method, stored on the trial as ``mapped_to``.
 """
@@ -38,6 +41,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
+from objectives.post_training.mini_corpus import SEED_MARK, config_key, seeded_runs
 from objectives.post_training.objective import COST_ATTR, RL_FIDELITY_ATTR
 from objectives.replay import BudgetExhausted, Config, Curve, Evaluation, ReplayTask, resumed
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics, stop_step
@@ -276,7 +280,7 @@ def load_post_training(journal: str | Path) -> list[PostTrainingTask]:
         key=lambda s: s.study_name,
     ):
         name = summary.study_name
-        if not name.startswith(STUDY_PREFIX) or name.endswith("-seeds"):
+        if not name.startswith(STUDY_PREFIX) or name.endswith("-seeds") or SEED_MARK in name:
             continue
         study = optuna.load_study(study_name=name, storage=storage)
         trials = [
@@ -287,7 +291,8 @@ def load_post_training(journal: str | Path) -> list[PostTrainingTask]:
         if not trials:
             continue
         space = _space(trials)
-        runs = [_recorded(t) for t in trials]
+        seeds = seeded_runs(storage, name)
+        runs = [_recorded(t, seeds[config_key(t.params)]) for t in trials]
         features = DatasetProfile.from_study(study).features
         tasks.append(
             PostTrainingTask(
@@ -313,18 +318,29 @@ def _space(trials: Sequence[optuna.trial.FrozenTrial]) -> dict[str, BaseDistribu
     return space
 
 
-def _recorded(trial: optuna.trial.FrozenTrial) -> RecordedRun:
-    fidelities = trial.user_attrs[RL_FIDELITY_ATTR]
+def _rungs(trial: optuna.trial.FrozenTrial) -> list[dict[str, Any]]:
+    fidelities = trial.user_attrs.get(RL_FIDELITY_ATTR, {})
     keys = [f"{f:g}" for f in RUNGS]
     missing = [k for k in keys if k not in fidelities]
     if missing:
-        raise ValueError(f"Trial {trial.number} lacks RL rungs {missing} in {RL_FIDELITY_ATTR}.")
+        raise ValueError(
+            f"Trial {trial.number} ({trial.params}) lacks RL rungs {missing} in {RL_FIDELITY_ATTR}."
+        )
+    return [fidelities[k] for k in keys]
+
+
+def _recorded(
+    trial: optuna.trial.FrozenTrial, seeds: Sequence[optuna.trial.FrozenTrial]
+) -> RecordedRun:
+    """``trial``'s run, scored at each rung by the mean over ``seeds`` (its configuration's
+    runs with every training seed, ``trial`` among them)."""
+    rungs = _rungs(trial)
     return RecordedRun(
         config=dict(trial.params),
         dynamics=TrainingDynamics.from_json(trial.user_attrs[DYNAMICS_ATTR]),
         sft_seconds=float(trial.user_attrs[COST_ATTR]["sft"]["seconds"]),
-        scores=tuple(float(fidelities[k]["score"]) for k in keys),
-        rung_seconds=tuple(
-            float(fidelities[k]["rl_seconds"]) + float(fidelities[k]["eval_seconds"]) for k in keys
+        scores=tuple(
+            np.mean([[float(r["score"]) for r in _rungs(t)] for t in seeds], axis=0).tolist()
         ),
+        rung_seconds=tuple(float(r["rl_seconds"]) + float(r["eval_seconds"]) for r in rungs),
     )
