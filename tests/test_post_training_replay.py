@@ -204,33 +204,59 @@ def test_a_second_training_seed_scores_each_configuration_by_the_mean(root, tiny
     import json
     import shutil
 
+    from objectives.post_training.corpus_report import seed_noise
     from objectives.post_training.mini_corpus import (
         RUN_INDEX_ATTR,
         config_key,
         generate,
         journal,
+        save_corpus,
         study_name,
     )
+    from objectives.post_training.objective import RL_FIDELITY_ATTR
     from optuna_autopipe.corpus import Corpus
 
     corpus, _ = tiny_v2
     out = shutil.copytree(root / "post-training", tmp_path / "corpus", ignore=_work)
-    # two of yesno's four configurations get a second training seed
-    generate(out, corpus=corpus, runs=2, workers=1, datasets=["yesno"], training_seeds=2)
+    # three of yesno's four configurations get a second training seed
+    generate(out, corpus=corpus, runs=3, workers=1, datasets=["yesno"], training_seeds=2)
     storage = journal(out)
     first = optuna.load_study(study_name=study_name("yesno"), storage=storage)
     second = optuna.load_study(study_name=study_name("yesno", 1), storage=storage)
     assert second.study_name == "mini-yesno/seed-1"
-    assert [t.user_attrs["seed"] for t in second.trials] == [1, 1]
+    assert [t.user_attrs["seed"] for t in second.trials] == [1, 1, 1]
     assert all(t.state == TrialState.COMPLETE for t in second.trials)
     assert len(first.trials) == 4  # the first seed's runs are not redone
-    mean = {config_key(t.params): t.value for t in first.trials}
     for t in second.trials:
         assert t.params == first.trials[t.user_attrs[RUN_INDEX_ATTR]].params
-        mean[config_key(t.params)] = (mean[config_key(t.params)] + t.value) / 2
     record = json.loads((out / "generation.json").read_text())
     assert record["training_seeds"] == [0, 1]
-    assert record["runs_complete_by_seed"] == {"0": 4, "1": 2}
+    assert record["runs_complete_by_seed"] == {"0": 4, "1": 3}
+    # Tiny random models score 0 everywhere: a third seed with made-up scores (its runs'
+    # other records copied from seed 0) shows what is averaged, on two configurations
+    third = optuna.create_study(study_name=study_name("yesno", 2), storage=storage)
+    made_up = {}
+    for index, score in ((0, 0.6), (2, 0.9)):
+        own = first.trials[index]
+        rungs = {
+            k: {**v, "score": score / 2 if k == "0.5" else score}
+            for k, v in own.user_attrs[RL_FIDELITY_ATTR].items()
+        }
+        third.add_trial(
+            optuna.trial.create_trial(
+                params=own.params,
+                distributions=own.distributions,
+                value=score,
+                user_attrs={**own.user_attrs, RL_FIDELITY_ATTR: rungs},
+            )
+        )
+        made_up[config_key(own.params)] = score
+    seeds = {
+        config_key(t.params): 3 if index in (0, 2) else 2 if index == 1 else 1
+        for index, t in enumerate(first.trials)
+    }
+    mean = {key: made_up.get(key, 0.0) / seeds[key] for key in seeds}
+    save_corpus(out, ["yesno"])
     saved = Corpus.load(out / "corpus.jsonl").dataset("mini-yesno")
     assert {config_key(c): s for c, s in zip(saved.configs, saved.scores, strict=True)} == (
         pytest.approx(mean)
@@ -238,6 +264,13 @@ def test_a_second_training_seed_scores_each_configuration_by_the_mean(root, tiny
     task = {t.name: t for t in load_post_training(out / "runs.journal")}["yesno"]
     configs, scores = task.pool()
     assert {config_key(c): s for c, s in zip(configs, scores, strict=True)} == pytest.approx(mean)
-    run = task.run_of(second.trials[0].params)
-    own = first.trials[second.trials[0].user_attrs[RUN_INDEX_ATTR]]
-    assert run.sft_seconds == own.user_attrs["autopipe:cost"]["sft"]["seconds"]
+    run = task.run_of(first.trials[0].params)
+    assert run.scores == pytest.approx((0.2, 0.1, 0.2))  # 25%, 50%, 100% of GRPO
+    assert run.sft_seconds == first.trials[0].user_attrs["autopipe:cost"]["sft"]["seconds"]
+    (row,) = [line for line in seed_noise(storage, ["yesno"]) if line.startswith("| yesno")]
+    sd = {0: np.std([0, 0, 0.6], ddof=1), 1: 0.0, 2: np.std([0, 0, 0.9], ddof=1)}
+    cells = row.split(" | ")
+    assert cells[1:5] == ["4", "3", "0.300", "0.100"]
+    assert float(cells[5]) == pytest.approx(np.sqrt(np.mean([v**2 for v in sd.values()])), abs=1e-3)
+    assert float(cells[6]) == pytest.approx(np.std([0.2, 0.0, 0.3], ddof=1), abs=1e-3)
+    assert seed_noise(storage, ["compare-swap"]) == []  # one seed only

@@ -20,12 +20,15 @@ from objectives.post_training.mini_corpus import (
     fail_lost_runs,
     journal,
     objective,
+    seeded_runs,
     study_name,
 )
 from objectives.post_training.objective import COST_ATTR, FAILURE_ATTR, RL_FIDELITY_ATTR
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 
 SEEDS_SUFFIX = "-seeds"
+#: Trial numbers (in the corpus study) of the configurations ``seed_spread`` re-runs.
+PICKS_ATTR = "autopipe:seed_spread_picks"
 
 
 def seed_spread(
@@ -35,8 +38,9 @@ def seed_spread(
     seeds: Sequence[int] = (1, 2, 3),
     corpus: MiniCorpus = V1,
 ) -> optuna.Study:
-    """Re-run the best, median and worst corpus configurations of ``task`` with ``seeds``
-    (study ``mini-<task>-seeds`` in the same journal; resumable: done runs are skipped)."""
+    """Re-run the best, median and worst corpus configurations of ``task`` (as of the first
+    call) with ``seeds`` (study ``mini-<task>-seeds`` in the same journal; resumable: done
+    runs are skipped)."""
     out = Path(out)
     storage = journal(out)
     runs = optuna.load_study(study_name=study_name(task), storage=storage)
@@ -45,7 +49,6 @@ def seed_spread(
     )
     if not done:
         raise ValueError(f"{study_name(task)} has no finished run yet; generate the corpus first.")
-    picks = {t.number: t for t in (done[-1], done[len(done) // 2], done[0])}.values()
     study = optuna.create_study(
         study_name=study_name(task) + SEEDS_SUFFIX,
         storage=storage,
@@ -53,6 +56,12 @@ def seed_spread(
         pruner=optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
+    # the picks are fixed by the first call: the corpus grows meanwhile and would move them
+    if PICKS_ATTR not in study.user_attrs:
+        chosen = (done[-1], done[len(done) // 2], done[0])
+        study.set_user_attr(PICKS_ATTR, list(dict.fromkeys(t.number for t in chosen)))
+    by_number = {t.number: t for t in runs.get_trials(deepcopy=False)}
+    picks = [by_number[number] for number in study.user_attrs[PICKS_ATTR]]
     fail_lost_runs(study)
     have = {
         (t.user_attrs.get(RUN_INDEX_ATTR), t.user_attrs.get("seed"))
@@ -162,6 +171,7 @@ def report(out: str | Path, datasets: Sequence[str]) -> str:
     lines += ["", "Cost per stage by base model (median over runs; memory: largest peak):", ""]
     lines += _cost_table(storage, datasets)
     lines += two_stage(storage, datasets)
+    lines += seed_noise(storage, datasets)
     spread = [d for d in datasets if study_name(d) + SEEDS_SUFFIX in names]
     if spread:
         lines += ["", "Seed-to-seed spread (same configuration, other seeds):", ""]
@@ -246,5 +256,50 @@ def two_stage(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> 
         "",
         f"| dataset | runs | after SFT | after RL | RL gain | RL share | {signals} |",
         "|---" * (6 + len(SFT_SIGNALS)) + "|",
+        *rows,
+    ]
+
+
+def seed_noise(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> list[str]:
+    """Per dataset, over every configuration of the corpus: best and median of its score
+    (mean over its finished training seeds), and over those finished with ≥ 2 seeds the seed
+    spread σ_seed = sqrt(mean over configurations of the seeds' sample variance) next to the
+    spread across configurations σ_config (standard deviation of their means), with the
+    ratios σ_seed / σ_config (one run) and σ_seed / (√k σ_config) (the mean of k seeds).
+    Empty when fewer than 3 configurations have a second seed; "n/a" when every
+    configuration scored the same."""
+    rows = []
+    for name in datasets:
+        groups = [
+            [t.value for t in trials] for trials in seeded_runs(storage, study_name(name)).values()
+        ]
+        repeated = [g for g in groups if len(g) >= 2]
+        if len(repeated) < 3:
+            continue
+        means = np.array([np.mean(g) for g in groups])
+        seed_sd = float(np.sqrt(np.mean([np.var(g, ddof=1) for g in repeated])))
+        config_sd = float(np.std([np.mean(g) for g in repeated], ddof=1))
+        k = min(len(g) for g in repeated)
+        ratios = (
+            f"{seed_sd / config_sd:.2f} | {seed_sd / (np.sqrt(k) * config_sd):.2f}"
+            if config_sd > 0
+            else "n/a | n/a"
+        )
+        rows.append(
+            f"| {name} | {len(groups)} | {len(repeated)} | {means.max():.3f} | "
+            f"{np.median(means):.3f} | {seed_sd:.3f} | {config_sd:.3f} | {ratios} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "Training seeds: a configuration's score is the mean over its seeds. Seed spread "
+        "σ_seed (pooled within-configuration SD) against the spread across configurations "
+        "σ_config (SD of the seed means), over configurations with ≥ 2 seeds; target ratio "
+        "≤ 1/3:",
+        "",
+        "| dataset | configurations | with ≥ 2 seeds | best (mean) | median (mean) | σ_seed | "
+        "σ_config | σ_seed/σ_config, one run | same, mean of the seeds |",
+        "|---" * 9 + "|",
         *rows,
     ]
