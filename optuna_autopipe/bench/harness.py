@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from objectives.registry import Benchmark, Protocol, load_benchmark
 from objectives.replay import stable_seed
+from optuna_autopipe.bench import peer_env
 from optuna_autopipe.bench.methods import PROTOCOL_FREE, Context, get_method, method_revision
 from optuna_autopipe.bench.prior_noise import check_mode
 from optuna_autopipe.bench.report import Outputs, write_outputs
@@ -89,7 +90,10 @@ def run_bench(spec: BenchSpec) -> Outputs:
     if spec.budget < 1 or spec.seeds < 1:
         raise ValueError(f"--budget and --seeds must be >= 1, got {spec.budget} and {spec.seeds}.")
     for method in spec.methods:
-        get_method(method)
+        if peer_env.remote(method):
+            peer_env.peers_python()  # names `make peers` when it is missing
+        else:
+            get_method(method)
     check_mode(spec.prior_noise)
     benchmark = _benchmark(spec.benchmark, spec.data_dir, spec.noise_sd)
     datasets = list(spec.datasets or [t.name for t in benchmark.tasks])
@@ -113,7 +117,7 @@ def run_bench(spec: BenchSpec) -> Outputs:
     ):
         # One dataset's studies per task: a worker fits that fold's prior once (cached).
         by_dataset = [[job for job in todo if job.dataset == d] for d in datasets]
-        for group in pool.map(_run_jobs, [g for g in by_dataset if g]):
+        for group in pool.map(run_jobs, [g for g in by_dataset if g]):
             for job, result in group:
                 _store(storage, job, *result)
                 bar.update()
@@ -177,8 +181,12 @@ def _benchmark(name: str, data_dir: str | None, noise_sd: float) -> Benchmark:
     return load_benchmark(name, data_dir=data_dir, noise_sd=noise_sd)
 
 
-def _run_jobs(jobs: list[Job]) -> list[tuple[Job, tuple[Any, ...]]]:
-    return [(job, _run_job(job)) for job in jobs]
+def run_jobs(jobs: list[Job]) -> list[tuple[Job, tuple[Any, ...]]]:
+    """Run ``jobs`` (one dataset's); those of peers this environment lacks run in the peers'
+    environment (``peer_env``), in one call."""
+    away = [job for job in jobs if peer_env.remote(job.method)]
+    here = [(job, _run_job(job)) for job in jobs if not peer_env.remote(job.method)]
+    return here + (peer_env.run_remote(away) if away else [])
 
 
 def _run_job(job: Job) -> tuple[list[optuna.trial.FrozenTrial], str, dict[str, Any]]:

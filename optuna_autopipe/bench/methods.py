@@ -24,6 +24,7 @@ import numpy as np
 import optuna
 
 from objectives.replay import Config, Evaluation, ReplayTask
+from optuna_autopipe.bench.peer_env import PEERS, importable
 
 if TYPE_CHECKING:
     from optuna_autopipe.regressor import EarlyStopRegressor
@@ -119,7 +120,10 @@ def register(name: str, *, revision: int = 1) -> Callable[[Method], Method]:
 
 
 def method_revision(name: str) -> int:
-    """The current revision of method ``name`` (``REVISIONS``)."""
+    """The current revision of method ``name`` (``REVISIONS``; a peer's from
+    ``peer_env.PEERS``, known without its package)."""
+    if name in PEERS:
+        return PEERS[name].revision
     get_method(name)
     return REVISIONS.get(name, 1)
 
@@ -155,7 +159,21 @@ _LAZY = {
 
 
 def get_method(name: str) -> Method:
-    """The method registered as ``name``; a clear error lists the known names otherwise."""
+    """The method registered as ``name``; a clear error lists the known names otherwise.
+
+    Raises:
+        ValueError: unknown, renamed, or its optional package is missing (for a peer of
+            ``peer_env.PEERS``: run it through the harness, which uses the peers'
+            environment).
+    """
+    if name in PEERS and name not in METHODS:
+        if not importable(name):
+            raise ValueError(
+                f"Method {name!r} needs {PEERS[name].requirement}, which is not in this "
+                "environment (its pins clash with ours); `autopipe bench` runs it in the "
+                "peers' environment that `make peers` builds."
+            )
+        importlib.import_module(PEERS[name].module)
     if name in _LAZY and name not in METHODS:
         module, requirement = _LAZY[name]
         if requirement and importlib.util.find_spec(requirement) is None:
@@ -167,7 +185,8 @@ def get_method(name: str) -> Method:
     if name in RENAMED:
         raise ValueError(f"Method {name!r} is now {RENAMED[name]}.")
     if name not in METHODS:
-        raise ValueError(f"Unknown method {name!r}; choose from {sorted({*METHODS, *_LAZY})}.")
+        known = sorted({*METHODS, *_LAZY, *PEERS})
+        raise ValueError(f"Unknown method {name!r}; choose from {known}.")
     return METHODS[name]
 
 

@@ -1,0 +1,133 @@
+"""The peers' environment: benchmark methods from packages whose pins clash with the
+project's (Syne Tune 0.13 needs numpy < 1.27, DEHB 0.1.2 numpy < 2) run in a separate
+virtual environment that ``make peers`` builds (``.venv-peers``, the project installed
+there too, ``requirements-peers.txt``).
+
+The harness sends a dataset's jobs of such methods to that environment's Python
+(``python -m optuna_autopipe.bench.peer_env JOBS RESULTS``, both pickle files), which runs
+them exactly as the harness runs any job (``harness.run_jobs``) and returns each study's
+trials, direction and outcome; the harness then writes them into its storage like any other
+study. Inside the peers' environment the packages are importable, so the same methods run in
+process there. Both environments must hold the same Optuna version (the trials cross as
+pickles); a mismatch is refused with both versions named.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+if TYPE_CHECKING:
+    from optuna_autopipe.bench.harness import Job
+
+#: Overrides where the peers' Python is (default: ``.venv-peers/bin/python`` in the checkout).
+PEERS_PYTHON_ENV = "AUTOPIPE_PEERS_PYTHON"
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A method from another package: the module that registers it, the package's import
+    name and its pip requirement, and the method's revision (``methods.REVISIONS``)."""
+
+    module: str
+    package: str
+    requirement: str
+    revision: int = 1
+
+
+_SYNE_TUNE = "syne-tune[gpsearchers]==0.13.0"
+#: Peer methods by name (``autopipe bench --methods``).
+PEERS = {
+    **{
+        name: Peer("optuna_autopipe.bench.peers.syne_tune_methods", "syne_tune", _SYNE_TUNE)
+        for name in ("mobster", "hyper-tune", "asha-cts")
+    },
+    "priorband": Peer(
+        "optuna_autopipe.bench.peers.neps_method", "neps", "neural-pipeline-search==0.17.0"
+    ),
+    "dehb": Peer("optuna_autopipe.bench.peers.dehb_method", "dehb", "dehb==0.1.2"),
+}
+
+
+def importable(method: str) -> bool:
+    """Whether peer ``method``'s package is importable in this environment."""
+    return importlib.util.find_spec(PEERS[method].package) is not None
+
+
+def remote(method: str) -> bool:
+    """Whether ``method`` must run in the peers' environment (a peer whose package this
+    environment lacks)."""
+    return method in PEERS and not importable(method)
+
+
+def peers_python() -> Path:
+    """The peers' environment's Python.
+
+    Raises:
+        FileNotFoundError: it does not exist; names the path and ``make peers``.
+    """
+    configured = os.environ.get(PEERS_PYTHON_ENV)
+    path = Path(configured) if configured else _CHECKOUT / ".venv-peers" / "bin" / "python"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The peers' environment ({path}) does not exist: the peer methods "
+            f"{sorted(PEERS)} run there because their pins clash with this environment's "
+            "numpy. Build it with `make peers` (or point $AUTOPIPE_PEERS_PYTHON at a Python "
+            "that has them)."
+        )
+    return path
+
+
+def run_remote(jobs: list[Job]) -> list[tuple[Job, tuple[Any, ...]]]:
+    """Run ``jobs`` in the peers' environment; returns what ``harness.run_jobs`` returns.
+
+    Raises:
+        FileNotFoundError: no peers' environment (``peers_python``).
+        RuntimeError: the run failed there (its last output attached), or the environments'
+            Optuna versions differ.
+    """
+    python = peers_python()
+    with tempfile.TemporaryDirectory(prefix="autopipe-peers-") as folder:
+        request, reply = Path(folder) / "jobs.pkl", Path(folder) / "results.pkl"
+        request.write_bytes(pickle.dumps((optuna.__version__, jobs)))
+        done = subprocess.run(
+            [str(python), "-m", "optuna_autopipe.bench.peer_env", str(request), str(reply)],
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            names = sorted({f"{job.method} on {job.dataset}" for job in jobs})
+            raise RuntimeError(
+                f"The peers' environment ({python}) failed running {names} "
+                f"(exit {done.returncode}):\n{done.stderr[-3000:]}"
+            )
+        return pickle.loads(reply.read_bytes())
+
+
+def _serve(request: Path, reply: Path) -> None:
+    """The peers' side: run the pickled jobs, pickle the results."""
+    from optuna_autopipe.bench.harness import run_jobs
+
+    version, jobs = pickle.loads(request.read_bytes())
+    if version != optuna.__version__:
+        raise RuntimeError(
+            f"Optuna {optuna.__version__} in the peers' environment, {version} in the "
+            "harness's: rebuild it with `make peers`."
+        )
+    reply.write_bytes(pickle.dumps(run_jobs(jobs)))
+
+
+if __name__ == "__main__":
+    _serve(Path(sys.argv[1]), Path(sys.argv[2]))
