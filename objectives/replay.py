@@ -190,6 +190,12 @@ class ReplayTask(abc.ABC):
             cost_real=float(curve.costs[n - 1] - (curve.costs[start - 1] if start else 0.0)),
         )
 
+    def checkpoint(self, trial: int, level: int, config: Mapping[str, Any]) -> str:
+        """The replay checkpoint of trial ``trial``'s run of ``config`` stopped after
+        fidelity level ``level`` (the ``n`` of its last ``trial.report``), which a promoted
+        trial resumes from (``resumed``)."""
+        return f"replay:{trial}:{level}"
+
     def objective(
         self,
         *,
@@ -248,7 +254,7 @@ class ReplayTask(abc.ABC):
                     break
             evaluation = self._finish(trial, curve, n, spent, on_evaluation, start)
             if hook.stopped_early and evaluation.fidelity < 1.0:
-                trial.set_user_attr(CHECKPOINT_ATTR, f"replay:{trial.number}:{n}")
+                trial.set_user_attr(CHECKPOINT_ATTR, self.checkpoint(trial.number, n, config))
             hook.finish(fidelity=evaluation.fidelity)
             return evaluation.value
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from objectives.post_training.replay import RUNGS, load_post_training
 from objectives.registry import POST_TRAINING_JOURNAL, load_benchmark, post_training_group
 from optuna_autopipe.bench.harness import BenchSpec, run_bench
-from optuna_autopipe.early_stop import CHECKPOINT_ATTR, verify
+from optuna_autopipe.early_stop import CHECKPOINT_ATTR, PROMOTED_FROM_ATTR, verify
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +109,16 @@ def test_a_pruner_stops_a_run_at_an_rl_rung(tasks):
     assert study.trials[0].state == TrialState.PRUNED
     assert evaluations[0].value == run.scores[0]  # the 25% rung
     assert evaluations[0].cost_real == pytest.approx(run.seconds_at(0, 1))
+    # promoted from that rung: it resumes after it, through the other rungs
+    checkpoint = task.checkpoint(0, 1, config)
+    assert checkpoint == f"replay:0:{run.sft_steps + 1}"
+    study.enqueue_trial(config, user_attrs={PROMOTED_FROM_ATTR: 0, CHECKPOINT_ATTR: checkpoint})
+    study.pruner = optuna.pruners.NopPruner()
+    study.optimize(task.objective(seed=0, on_evaluation=_recorder(evaluations)), n_trials=1)
+    promoted = study.trials[1]
+    assert promoted.state == TrialState.COMPLETE and promoted.value == run.scores[-1]
+    assert sorted(promoted.intermediate_values) == [2, 3]
+    assert evaluations[1].cost_real == pytest.approx(run.full_seconds - run.seconds_at(0, 1))
 
 
 def test_the_bench_runs_the_papers_methods_on_the_replay(root, tmp_path):

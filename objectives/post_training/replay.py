@@ -94,6 +94,11 @@ class RecordedRun:
             return self.sft_seconds + self.rung_seconds[rung - 1]
         return self.sft_seconds * sft_step / self.sft_steps
 
+    def split(self, position: int) -> tuple[int, int]:
+        """(SFT steps, RL rungs) done at ``position`` on the run's axis: SFT steps
+        1..S, then S + r for RL rung r (what a checkpoint names)."""
+        return min(position, self.sft_steps), max(0, position - self.sft_steps)
+
 
 class PostTrainingTask(ReplayTask):
     """One dataset of the corpus, replayed from its recorded runs."""
@@ -174,6 +179,11 @@ class PostTrainingTask(ReplayTask):
     def true_score(self, config: Mapping[str, Any]) -> float:
         return self.run_of(config).scores[-1]
 
+    def checkpoint(self, trial: int, level: int, config: Mapping[str, Any]) -> str:
+        """After RL rung ``level`` (1..3): position S + ``level`` on the run's axis (an
+        early stop inside SFT names its SFT step)."""
+        return f"replay:{trial}:{self.run_of(config).sft_steps + level}"
+
     def objective(
         self,
         *,
@@ -189,7 +199,8 @@ class PostTrainingTask(ReplayTask):
         pruner may stop it at one. With ``budget`` (full-run equivalents for the whole
         study), a run that would exceed it is cut at the last rung it can pay for (or before
         it starts) and pruned. A promoted trial resumes its early stop's SFT step
-        (checkpoint ``replay:<trial>:<step>``) and pays only what it adds.
+        (checkpoint ``replay:<trial>:<step>``) or the RL rung a pruner stopped it at
+        (``checkpoint``: ``replay:<trial>:<S + rung>``) and pays only what it adds.
         """
         spent = [0.0]
 
@@ -198,8 +209,10 @@ class PostTrainingTask(ReplayTask):
             recorded = self.run_of(config)
             if recorded.config != config:
                 trial.set_user_attr("mapped_to", recorded.config)
-            _, start = resumed(trial)  # a promotion resumes its early stop's SFT step
-            early = fraction < 1.0
+            # a promotion resumes its early stop's SFT step, or an RL rung (``split``)
+            _, position = resumed(trial)
+            start, start_rung = recorded.split(position)
+            early = fraction < 1.0 and not start_rung
             hook = AutoPipeEarlyStop(
                 trial,
                 total_steps=recorded.sft_steps,
@@ -212,24 +225,26 @@ class PostTrainingTask(ReplayTask):
                 # NaN: no intermediate value in SFT, the pruners' axis is the RL rungs
                 hook.report(step, recorded.logged.get(step, {}), intermediate=math.nan)
             if early:
-                self._finish(trial, recorded, spent, on_evaluation, start, last, 0)
-                trial.set_user_attr(CHECKPOINT_ATTR, f"replay:{trial.number}:{last}")
+                self._finish(trial, recorded, spent, on_evaluation, position, last, 0)
+                trial.set_user_attr(CHECKPOINT_ATTR, f"replay:{trial.number}:{last}")  # SFT step
                 hook.finish(fidelity=recorded.seconds_at(last) / recorded.full_seconds)
                 return math.nan  # hook.finish raised TrialPruned
-            for rung in range(1, len(RUNGS) + 1):
-                added = recorded.seconds_at(last, rung) - recorded.seconds_at(start)
+            for rung in range(start_rung + 1, len(RUNGS) + 1):
+                added = recorded.seconds_at(last, rung) - recorded.seconds_at(start, start_rung)
                 if budget is not None and spent[0] + added / recorded.full_seconds > budget + 1e-9:
-                    if rung > 1:
-                        self._finish(trial, recorded, spent, on_evaluation, start, last, rung - 1)
+                    if rung > start_rung + 1:
+                        self._finish(
+                            trial, recorded, spent, on_evaluation, position, last, rung - 1
+                        )
                     trial.set_user_attr("budget_exhausted", True)
                     raise BudgetExhausted(f"cost budget of {budget} full runs exhausted")
                 trial.report(recorded.scores[rung - 1], step=rung)
                 if rung < len(RUNGS) and trial.should_prune():
-                    self._finish(trial, recorded, spent, on_evaluation, start, last, rung)
+                    self._finish(trial, recorded, spent, on_evaluation, position, last, rung)
                     hook.prune()
                     hook.finish(fidelity=recorded.seconds_at(last, rung) / recorded.full_seconds)
             evaluation = self._finish(
-                trial, recorded, spent, on_evaluation, start, last, len(RUNGS)
+                trial, recorded, spent, on_evaluation, position, last, len(RUNGS)
             )
             hook.finish(fidelity=1.0)
             return evaluation.value
@@ -242,13 +257,14 @@ class PostTrainingTask(ReplayTask):
         run: RecordedRun,
         spent: list[float],
         on_evaluation: Callable[[optuna.trial.Trial, Evaluation], None] | None,
-        start: int,
+        position: int,
         sft_step: int,
         rung: int,
     ) -> Evaluation:
-        """Record what the run reached: ``sft_step`` SFT steps, then ``rung`` RL rungs."""
+        """Record what the run reached from ``position`` (``RecordedRun.split``):
+        ``sft_step`` SFT steps, then ``rung`` RL rungs."""
         reached = run.seconds_at(sft_step, rung)
-        added = reached - run.seconds_at(start)
+        added = reached - run.seconds_at(*run.split(position))
         evaluation = Evaluation(
             config=dict(run.config),
             steps=np.array(run.scores[:rung]),

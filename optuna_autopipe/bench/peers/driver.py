@@ -1,0 +1,106 @@
+"""Drive a peer optimiser through one benchmark study, ask/tell style.
+
+A peer proposes runs (``Proposal``): a configuration, where to stop it (a resource level, or
+``None`` to decide step by step through ``Peer.on_step``, a stopping-type scheduler) and,
+for a promotion, which earlier run it continues. The driver makes each proposal one trial of
+the study on the replay objective with BOHB's budget (``Context.objective(cost_budget=True)``:
+``budget`` full-run equivalents in all; the run that crosses it is cut and ends the study)
+and tells the peer the last value the run reported (``Peer.tell``).
+
+Resource levels are the task's fidelity steps 1..``n_steps`` (epochs on LCBench and NMT, the
+RL rungs 25/50/100% of GRPO on the post-training replay), the values its intermediate
+values. A promotion resumes its run where the earlier trial stopped (the replay checkpoint
+``replay:<trial>:<step>``, ``early_stop.PROMOTED_FROM_ATTR``): it sees the same run and pays
+only the steps it adds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import optuna
+
+from optuna_autopipe.bench.methods import Context
+from optuna_autopipe.early_stop import CHECKPOINT_ATTR, PROMOTED_FROM_ATTR
+
+#: Study user attr: the peer's own id of each trial's run (trial number -> id).
+PEER_ID_ATTR = "peer:id"
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One run a peer asks for. ``key``: the peer's id of it; ``stop_at``: the resource level
+    (1..n_steps) to stop at, ``None`` to ask ``Peer.on_step`` at every level; ``resume``: the
+    key of an earlier proposal whose run this one continues (a promotion)."""
+
+    key: Hashable
+    config: dict[str, Any]
+    stop_at: int | None = None
+    resume: Hashable | None = None
+
+
+class Peer(Protocol):
+    """What an adapter implements; values are the task's, in its direction."""
+
+    def ask(self) -> Proposal:
+        """The next run to make."""
+
+    def on_step(self, key: Hashable, level: int, value: float) -> bool:
+        """Whether run ``key`` continues after reporting ``value`` at ``level`` (only asked
+        for proposals without ``stop_at``)."""
+
+    def tell(self, key: Hashable, level: int, value: float) -> None:
+        """Run ``key`` ended at ``level`` with ``value`` (its last reported value)."""
+
+
+class _PeerPruner(optuna.pruners.BasePruner):
+    """Stops the running trial where its proposal says, or where the peer decides."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.proposal: Proposal | None = None
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        level = trial.last_step
+        if self.proposal is None or level is None:
+            return False
+        if self.proposal.stop_at is not None:
+            return level >= self.proposal.stop_at
+        return not self.peer.on_step(self.proposal.key, level, trial.intermediate_values[level])
+
+
+def drive(ctx: Context, peer: Peer, *, max_runs: int = 100_000) -> optuna.Study:
+    """Run ``peer``'s proposals on ``ctx``'s task until the budget is spent; returns the
+    study (every run a trial; a promotion's trial names its source in
+    ``autopipe:promoted_from``).
+
+    Raises:
+        KeyError: a proposal resumes a key the peer never proposed.
+        RuntimeError: the peer proposed ``max_runs`` runs without spending the budget.
+    """
+    pruner = _PeerPruner(peer)
+    study = ctx.study(optuna.samplers.RandomSampler(seed=ctx.seed), pruner=pruner)
+    objective = ctx.objective(cost_budget=True)
+    # key -> (trial whose recorded run it is, levels that run reached)
+    runs: dict[Hashable, tuple[int, int]] = {}
+    for _ in range(max_runs):
+        proposal = peer.ask()
+        attrs: dict[str, Any] = {}
+        if proposal.resume is not None:
+            source, reached = runs[proposal.resume]
+            attrs = {PROMOTED_FROM_ATTR: source, CHECKPOINT_ATTR: f"replay:{source}:{reached}"}
+        study.enqueue_trial(proposal.config, user_attrs=attrs)
+        pruner.proposal = proposal
+        study.optimize(objective, n_trials=1)
+        trial = study.trials[-1]
+        study.set_user_attr(f"{PEER_ID_ATTR}:{trial.number}", str(proposal.key))
+        if trial.user_attrs.get("budget_exhausted"):
+            return study
+        level = trial.last_step
+        if level is None:
+            raise RuntimeError(f"Trial {trial.number} reported no value: {trial.state.name}.")
+        runs[proposal.key] = (int(attrs.get(PROMOTED_FROM_ATTR, trial.number)), level)
+        peer.tell(proposal.key, level, trial.intermediate_values[level])
+    raise RuntimeError(f"The peer made {max_runs} runs without spending the budget.")
