@@ -119,5 +119,5 @@ def test_the_example_runs_offline(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    recommended = r"^recommended \{.*\}: final loss [\d.]+ \(optimum [\d.]+\)$"
+    recommended = r"^recommended \{.*\}: final loss [\d.]+ \(optimum [\d.]+, noise-free\)$"
     assert re.search(recommended, done.stdout, flags=re.MULTILINE), done.stdout

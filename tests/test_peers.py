@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import sys
 
+import optuna
 import pytest
 
 from optuna_autopipe.bench import harness, peer_env
@@ -58,3 +59,97 @@ def test_the_environments_must_share_optunas_version(tmp_path):
     with pytest.raises(RuntimeError, match=r"0\.0\.1 in the harness's.*make peers"):
         peer_env._serve(request, tmp_path / "results.pkl")
     assert not (tmp_path / "results.pkl").exists()
+
+
+class _Halving:
+    """A scripted promotion-type peer: three runs to level 2, then the best one promoted
+    to the end, then fresh full runs; records what it was told."""
+
+    def __init__(self, task) -> None:
+        self.configs = task.pool()[0][:40]
+        self.levels = task.n_steps
+        self.told: dict = {}
+        self.asked = 0
+
+    def ask(self):
+        from optuna_autopipe.bench.peers.driver import Proposal
+
+        self.asked += 1
+        if self.asked <= 3:
+            return Proposal(key=self.asked, config=self.configs[self.asked], stop_at=2)
+        if self.asked == 4:
+            best = min((1, 2, 3), key=lambda k: self.told[k][1])
+            return Proposal(
+                key="promoted", config=self.configs[best], stop_at=self.levels, resume=best
+            )
+        return Proposal(key=self.asked, config=self.configs[self.asked], stop_at=self.levels)
+
+    def on_step(self, key, level, value):  # pragma: no cover - every proposal has stop_at
+        raise AssertionError("not a stopping-type peer")
+
+    def tell(self, key, level, value):
+        self.told[key] = (level, value)
+
+
+def test_the_driver_runs_a_peers_promotions_resuming_their_runs(nmt):
+    from objectives.replay import resumed
+    from optuna_autopipe.bench.methods import Context
+    from optuna_autopipe.bench.peers.driver import drive
+    from optuna_autopipe.early_stop import PROMOTED_FROM_ATTR
+
+    task = nmt.task(DATASET)
+    ctx = Context(task=task, offline=[], seed=3, budget=3, evaluations={}, study_name="x")
+    peer = _Halving(task)
+    study = drive(ctx, peer)
+    trials = study.trials
+    assert [t.last_step for t in trials[:3]] == [2, 2, 2]
+    assert all(t.state == optuna.trial.TrialState.PRUNED for t in trials[:3])
+    best = min((1, 2, 3), key=lambda k: peer.told[k][1])
+    promoted = trials[3]
+    assert promoted.params == trials[best - 1].params
+    assert promoted.user_attrs[PROMOTED_FROM_ATTR] == best - 1
+    assert sorted(promoted.intermediate_values)[0] == 3  # resumed after level 2
+    # the promotion continues the same run: its values are what a fresh run would show
+    fresh = optuna.create_study(direction="minimize")
+    fresh.enqueue_trial(promoted.params)
+    fresh.optimize(task.objective(seed=3), n_trials=1)
+    own_run = fresh.trials[0].intermediate_values
+    assert all(own_run[k] == v for k, v in promoted.intermediate_values.items())
+    last = max(promoted.intermediate_values)
+    assert peer.told["promoted"] == (min(last, task.n_steps), promoted.intermediate_values[last])
+    # costs: the promotion pays only what its first part did not, then full runs until the
+    # budget of 3 full runs is spent
+    first, rest = ctx.evaluations[best - 1], ctx.evaluations[3]
+    assert rest.fidelity == 1.0 and first.cost + rest.cost == pytest.approx(1.0)
+    assert first.cost == pytest.approx(2 / len(own_run))
+    costs = [ctx.evaluations[t.number].cost for t in trials]
+    assert 3 - max(costs) < sum(costs) <= 3 + 1e-9
+    assert trials[-1].user_attrs["budget_exhausted"]
+    assert resumed(promoted)[0] == best - 1
+
+
+def test_a_stopping_peer_decides_at_every_level(nmt):
+    from optuna_autopipe.bench.methods import Context
+    from optuna_autopipe.bench.peers.driver import Proposal, drive
+
+    task = nmt.task(DATASET)
+    seen = []
+
+    class StopAtFour:
+        n = 0
+
+        def ask(self):
+            self.n += 1
+            return Proposal(key=self.n, config=task.pool()[0][self.n])
+
+        def on_step(self, key, level, value):
+            seen.append((key, level))
+            return level < 4
+
+        def tell(self, key, level, value):
+            assert level == 4
+
+    ctx = Context(task=task, offline=[], seed=0, budget=1, evaluations={}, study_name="x")
+    study = drive(ctx, StopAtFour())
+    assert seen[:4] == [(1, 1), (1, 2), (1, 3), (1, 4)]
+    assert all(t.last_step <= 4 for t in study.trials)

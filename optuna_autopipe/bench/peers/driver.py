@@ -7,11 +7,13 @@ the study on the replay objective with BOHB's budget (``Context.objective(cost_b
 ``budget`` full-run equivalents in all; the run that crosses it is cut and ends the study)
 and tells the peer the last value the run reported (``Peer.tell``).
 
-Resource levels are the task's fidelity steps 1..``n_steps`` (epochs on LCBench and NMT, the
-RL rungs 25/50/100% of GRPO on the post-training replay), the values its intermediate
-values. A promotion resumes its run where the earlier trial stopped (the replay checkpoint
-``replay:<trial>:<step>``, ``early_stop.PROMOTED_FROM_ATTR``): it sees the same run and pays
-only the steps it adds.
+Resource levels are the task's fidelity steps 1..``n_steps`` (epochs on LCBench, checkpoints
+on NMT, the RL rungs 25/50/100% of GRPO on the post-training replay), the values its
+intermediate values. Level ``n_steps`` is the whole run: a recorded run longer than the
+nominal ``n_steps`` runs to its own end and is told as level ``n_steps``, one that ended
+earlier (converged) is told at the level it reached. A promotion resumes its run where the
+earlier trial stopped (``ReplayTask.checkpoint``, ``early_stop.PROMOTED_FROM_ATTR``): it sees
+the same run and pays only the steps it adds.
 """
 
 from __future__ import annotations
@@ -58,13 +60,14 @@ class Peer(Protocol):
 class _PeerPruner(optuna.pruners.BasePruner):
     """Stops the running trial where its proposal says, or where the peer decides."""
 
-    def __init__(self, peer: Peer) -> None:
+    def __init__(self, peer: Peer, levels: int) -> None:
         self.peer = peer
+        self.levels = levels
         self.proposal: Proposal | None = None
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         level = trial.last_step
-        if self.proposal is None or level is None:
+        if self.proposal is None or level is None or level >= self.levels:
             return False
         if self.proposal.stop_at is not None:
             return level >= self.proposal.stop_at
@@ -80,7 +83,7 @@ def drive(ctx: Context, peer: Peer, *, max_runs: int = 100_000) -> optuna.Study:
         KeyError: a proposal resumes a key the peer never proposed.
         RuntimeError: the peer proposed ``max_runs`` runs without spending the budget.
     """
-    pruner = _PeerPruner(peer)
+    pruner = _PeerPruner(peer, ctx.task.n_steps)
     study = ctx.study(optuna.samplers.RandomSampler(seed=ctx.seed), pruner=pruner)
     objective = ctx.objective(cost_budget=True)
     # key -> (trial whose recorded run it is, levels that run reached)
@@ -90,7 +93,10 @@ def drive(ctx: Context, peer: Peer, *, max_runs: int = 100_000) -> optuna.Study:
         attrs: dict[str, Any] = {}
         if proposal.resume is not None:
             source, reached = runs[proposal.resume]
-            attrs = {PROMOTED_FROM_ATTR: source, CHECKPOINT_ATTR: f"replay:{source}:{reached}"}
+            attrs = {
+                PROMOTED_FROM_ATTR: source,
+                CHECKPOINT_ATTR: ctx.task.checkpoint(source, reached, proposal.config),
+            }
         study.enqueue_trial(proposal.config, user_attrs=attrs)
         pruner.proposal = proposal
         study.optimize(objective, n_trials=1)
@@ -102,5 +108,5 @@ def drive(ctx: Context, peer: Peer, *, max_runs: int = 100_000) -> optuna.Study:
         if level is None:
             raise RuntimeError(f"Trial {trial.number} reported no value: {trial.state.name}.")
         runs[proposal.key] = (int(attrs.get(PROMOTED_FROM_ATTR, trial.number)), level)
-        peer.tell(proposal.key, level, trial.intermediate_values[level])
+        peer.tell(proposal.key, min(level, ctx.task.n_steps), trial.intermediate_values[level])
     raise RuntimeError(f"The peer made {max_runs} runs without spending the budget.")
