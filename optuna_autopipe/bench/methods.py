@@ -238,14 +238,13 @@ def random1(ctx: Context) -> optuna.Study:
     return study
 
 
-@register("global")
-def global_best(ctx: Context) -> optuna.Study:
-    """The configuration with the best mean standardised rank over the offline datasets.
+def global_config(ctx: Context) -> tuple[Config, float]:
+    """The configuration with the best mean standardised rank over the offline datasets,
+    mapped onto the held-out task, and that mean rank.
 
     Candidates are every configuration of the offline datasets' reference pools. On each
     offline dataset a candidate takes the rank of its (nearest recorded) score within that
-    dataset's pool, scaled to [0, 1] with 0 the best; the lowest mean wins and is run once on
-    the held-out dataset (mapped to its nearest recorded neighbour there).
+    dataset's pool, scaled to [0, 1] with 0 the best; the lowest mean wins.
     """
     candidates: dict[str, Config] = {}
     for task in ctx.offline:
@@ -256,10 +255,16 @@ def global_best(ctx: Context) -> optuna.Study:
         axis=0,
     )
     best = candidates[keys[int(np.argmin(mean_rank))]]
+    return ctx.task.resolve(best), float(mean_rank.min())
+
+
+@register("global")
+def global_best(ctx: Context) -> optuna.Study:
+    """``global_config``, run once on the held-out dataset (mapped to its nearest recorded
+    neighbour there)."""
+    config, mean_rank = global_config(ctx)
     study = ctx.study(optuna.samplers.RandomSampler(seed=ctx.seed))
-    study.enqueue_trial(
-        ctx.task.resolve(best), user_attrs={"global_mean_rank": float(mean_rank.min())}
-    )
+    study.enqueue_trial(config, user_attrs={"global_mean_rank": mean_rank})
     study.optimize(ctx.objective(), n_trials=1)
     return study
 
