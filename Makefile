@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
 QUICK := --budget 15 --seeds 2 --methods random,tpe,gp,bohb,random1,global,smac
 
-.PHONY: install demo demo-replay test lint bench-quick bench bench-stress bench-post-training reference-check bench-prior bench-sampler
+.PHONY: peers install demo demo-replay test lint bench-quick bench bench-stress bench-post-training reference-check bench-prior bench-sampler
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,21 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The peers' environment: Syne Tune, NePS and DEHB pin numpy < 2, so `autopipe bench` runs
+# their methods in .venv-peers (optuna_autopipe/bench/peer_env.py). `make test` never needs it.
+PEERS_VENV ?= .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+PEERS_STAMP := $(PEERS_VENV)/.installed
+$(PEERS_STAMP): peers-constraints.txt pyproject.toml
+	test -x $(PEERS_PY) || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_PY) -m pip install --quiet --upgrade pip
+	$(PEERS_PY) -c "import torch" 2>/dev/null || $(PEERS_PY) -m pip install --quiet $(TORCH)
+	$(PEERS_PY) -m pip install --quiet -c peers-constraints.txt \
+		'syne-tune[gpsearchers]' neural-pipeline-search dehb -e .
+	touch $(PEERS_STAMP)
+
+peers: $(PEERS_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/autopipe demo

@@ -53,7 +53,7 @@ PEERS = {
         for name in ("mobster", "hyper-tune", "asha-cts")
     },
     "priorband": Peer(
-        "optuna_autopipe.bench.peers.neps_method", "neps", "neural-pipeline-search==0.17.0"
+        "optuna_autopipe.bench.peers.neps_method", "neps", "neural-pipeline-search==0.13.0"
     ),
     "dehb": Peer("optuna_autopipe.bench.peers.dehb_method", "dehb", "dehb==0.1.2"),
 }
