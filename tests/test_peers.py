@@ -153,3 +153,59 @@ def test_a_stopping_peer_decides_at_every_level(nmt):
     study = drive(ctx, StopAtFour())
     assert seen[:4] == [(1, 1), (1, 2), (1, 3), (1, 4)]
     assert all(t.last_step <= 4 for t in study.trials)
+
+
+def _peers_environment() -> None:
+    """Skip unless the peers' environment exists (``make peers``)."""
+    try:
+        peer_env.peers_python()
+    except FileNotFoundError as missing:
+        pytest.skip(f"peer adapters need the peers' environment: {missing}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(peer_env.PEERS))
+def test_each_peer_spends_its_budget_reproducibly_in_the_peers_environment(method, tmp_path):
+    from optuna_autopipe.early_stop import PROMOTED_FROM_ATTR
+
+    _peers_environment()
+    job = _job(tmp_path, method, seed=1, budget=2)
+    ((_, (trials, direction, record)),) = peer_env.run_remote([job])
+    assert direction == "minimize" and record["sources"] != ""
+    # the last run is cut where the budget ends (an evaluation if it made a step)
+    assert 1.5 < record["cost"] <= 2 + 1e-9 and len(trials) - record["n_evals"] in (0, 1)
+    assert trials[-1].user_attrs["budget_exhausted"]
+    # multi-fidelity: runs stopped at lower levels, some promoted and resumed
+    assert any(t.state == optuna.trial.TrialState.PRUNED for t in trials[:-1])
+    promoted = [t for t in trials if PROMOTED_FROM_ATTR in t.user_attrs]
+    assert promoted or method == "dehb"  # DEHB promotes only in its first brackets
+    for trial in promoted:
+        source = trials[trial.user_attrs[PROMOTED_FROM_ATTR]]
+        assert trial.params == source.params
+        assert min(trial.intermediate_values) > min(source.intermediate_values)
+    ((_, (again, _, _)),) = peer_env.run_remote([job])
+    assert [(t.params, t.last_step) for t in again] == [(t.params, t.last_step) for t in trials]
+    other = _job(tmp_path, method, seed=2, budget=2)
+    ((_, (elsewhere, _, _)),) = peer_env.run_remote([other])
+    assert [t.params for t in elsewhere] != [t.params for t in trials]
+
+
+@pytest.mark.slow
+def test_the_bench_runs_a_peer_beside_the_projects_methods_into_one_storage(tmp_path):
+    import pandas as pd
+
+    _peers_environment()
+    spec = BenchSpec(
+        benchmark="nmt",
+        methods=("random", "dehb"),
+        out=tmp_path,
+        budget=2,
+        seeds=1,
+        datasets=(DATASET,),
+        workers=1,
+    )
+    table = pd.read_csv(run_bench(spec).results)
+    assert sorted(table.method) == ["dehb", "random"]
+    stored = optuna.load_study(study_name=f"nmt/{DATASET}/dehb/seed0", storage=spec.storage_url)
+    assert stored.user_attrs["bench"]["revision"] == method_revision("dehb")
+    assert len(stored.trials) > 2

@@ -103,7 +103,10 @@ RENAMED = {
 #: protocol and prior noise, so the harness runs them once (under the ``grouped`` name) and
 #: every setting reads those studies.
 PROTOCOL_FREE = frozenset(
-    {"random", "tpe", "gp", "bohb", "smac", "random1", "random-cut", "tpe-cut"}
+    {
+        *("random", "tpe", "gp", "bohb", "smac", "random1", "random-cut", "tpe-cut"),
+        *("mobster", "hyper-tune", "dehb"),
+    }
 )
 
 

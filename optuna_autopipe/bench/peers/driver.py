@@ -23,6 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from optuna_autopipe.bench.methods import Context
 from optuna_autopipe.early_stop import CHECKPOINT_ATTR, PROMOTED_FROM_ATTR
@@ -55,6 +61,41 @@ class Peer(Protocol):
 
     def tell(self, key: Hashable, level: int, value: float) -> None:
         """Run ``key`` ended at ``level`` with ``value`` (its last reported value)."""
+
+
+def ordered_numbers(dist: CategoricalDistribution) -> bool:
+    """Whether a categorical's choices are increasing numbers (peers get them as ordinals)."""
+    choices = dist.choices
+    numeric = all(isinstance(c, int | float) and not isinstance(c, bool) for c in choices)
+    return numeric and list(choices) == sorted(choices)
+
+
+def task_config(space: dict[str, BaseDistribution], values: dict[str, Any]) -> dict[str, Any]:
+    """A peer's proposal in the task's own values: a categorical's choice equal to the
+    proposed value (peers hand back numpy scalars), an integer rounded onto its grid, a float
+    clipped into its bounds (a peer's log transform can overshoot by an ulp).
+
+    Raises:
+        ValueError: a parameter is missing, or a categorical value is not a choice.
+    """
+    config: dict[str, Any] = {}
+    for name, dist in space.items():
+        if name not in values:
+            raise ValueError(f"The peer's proposal {values} lacks parameter {name!r}.")
+        value = values[name]
+        if isinstance(dist, CategoricalDistribution):
+            matches = [c for c in dist.choices if c == value]
+            if not matches:
+                raise ValueError(f"{name}={value!r} is not one of {dist.choices}.")
+            config[name] = matches[0]
+        elif isinstance(dist, IntDistribution):
+            on_grid = dist.low + dist.step * round((float(value) - dist.low) / dist.step)
+            config[name] = min(dist.high, max(dist.low, on_grid))
+        elif isinstance(dist, FloatDistribution):
+            config[name] = min(dist.high, max(dist.low, float(value)))
+        else:
+            raise ValueError(f"Parameter {name!r}: unsupported distribution {dist}.")
+    return config
 
 
 class _PeerPruner(optuna.pruners.BasePruner):
