@@ -421,3 +421,39 @@ def test_offline_method_runs_the_distorted_priors_top_configuration(nmt):
         )
         (trial,) = get_method("offline")(ctx).trials
         assert trial.params == configs[int(expected)]
+
+
+@pytest.mark.slow
+def test_the_anytime_column_reads_every_study_at_autopipes_spend(tmp_path):
+    from optuna_autopipe.bench.report import _step
+
+    spec = BenchSpec(
+        benchmark="nmt",
+        methods=("random", "autopipe"),
+        out=tmp_path,
+        budget=4,
+        seeds=1,
+        datasets=(DATASETS[0],),
+        workers=1,
+    )
+    outputs = run_bench(spec)
+    table = outputs.table.set_index("method")
+    spent = table.loc["autopipe", "cost"]
+    assert spent < 4  # early stops: AutoPipe spends less than the budget
+    # autopipe's own value is its final regret; random's, its selection's at that spend
+    assert table.loc["autopipe", "regret_at_anchor_cost"] == pytest.approx(
+        table.loc["autopipe", "normalized_regret"]
+    )
+    storage = optuna.storages.get_storage(spec.storage_url)
+    record = optuna.load_study(
+        study_name=f"nmt/{DATASETS[0]}/random/seed0", storage=storage
+    ).user_attrs["bench"]
+    best = table.loc["random", "best_score"]
+    scale = table.loc["random", "regret"] / table.loc["random", "normalized_regret"]
+    points = [
+        (c, None if s is None else max(0.0, s - best) / scale) for c, s in record["trajectory"]
+    ]
+    expected = _step(points, np.array([spent]))[0]
+    assert np.isfinite(expected)
+    assert table.loc["random", "regret_at_anchor_cost"] == pytest.approx(expected)
+    assert "at autopipe's cost" in outputs.summary.read_text()

@@ -53,7 +53,10 @@ COLUMNS = [
     "sources",
     "prior_noise",
     "budget",
+    "regret_at_anchor_cost",
 ]
+#: The method whose spending the anytime column reads every method at (``summarise``).
+ANCHOR_METHOD = "autopipe"
 
 #: Which datasets a method may learn from, per protocol (``Benchmark.offline``).
 SOURCES_RULE = {
@@ -129,6 +132,7 @@ def write_outputs(
                 ],
             )
         )
+    _at_anchor_cost(rows, curves)
     table = pd.DataFrame(rows, columns=COLUMNS)
     spec.out.mkdir(parents=True, exist_ok=True)
     results = spec.out / "results.csv"
@@ -138,6 +142,24 @@ def write_outputs(
     plot = spec.out / "regret_vs_cost.png"
     plot_regret_vs_cost(curves, plot, title=f"{benchmark.name} ({spec.tag})")
     return Outputs(results, summary, plot, table, spec.storage_url, wall_seconds)
+
+
+def _at_anchor_cost(
+    rows: list[dict[str, object]], curves: list[tuple[str, str, list[tuple[float, float | None]]]]
+) -> None:
+    """Set each row's ``regret_at_anchor_cost``: the normalised regret of its study's
+    selection when it had spent what ``ANCHOR_METHOD`` spends on that dataset (its mean cost
+    over seeds); NaN before the study's first full-fidelity result, or without the anchor."""
+    spent: dict[str, list[float]] = {}
+    for row in rows:
+        if row["method"] == ANCHOR_METHOD:
+            spent.setdefault(str(row["dataset"]), []).append(float(row["cost"]))  # type: ignore[arg-type]
+    for row, (_, dataset, points) in zip(rows, curves, strict=True):
+        if dataset not in spent:
+            row["regret_at_anchor_cost"] = float("nan")
+            continue
+        at = np.array([np.mean(spent[dataset])])
+        row["regret_at_anchor_cost"] = float(_step(points, at)[0])
 
 
 def _references(
@@ -175,6 +197,16 @@ def _share(cost: float, reference: float) -> str:
     return f"{cost / reference:.0%}" if np.isfinite(reference) and reference > 0 else "n/a"
 
 
+def _anytime(per_dataset: pd.Series) -> str:
+    """Mean ± s.e. over the datasets where the method had a selection at the anchor's cost,
+    with how many those are when not all; "–" when none."""
+    known = per_dataset.dropna()
+    if known.empty:
+        return "–"
+    missing = "" if len(known) == len(per_dataset) else f" ({len(known)}/{len(per_dataset)})"
+    return mean_se(known) + missing
+
+
 def mean_se(values: pd.Series) -> str:
     """``mean ± standard error`` to 3 decimals (the mean alone for fewer than 2 values)."""
     values = values.dropna()
@@ -199,12 +231,16 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
         "per-dataset means; datasets > 1.0: how many of them exceed 1.0 (worse than the pool's "
         "median). Final score: the selected configuration's score, mean over datasets. "
         f"Cost in full-run equivalents, in {table['cost_unit'].iloc[0]} and as a share of "
-        f"{REFERENCE_METHOD}'s (full runs). "
+        f"{REFERENCE_METHOD}'s (full runs). At {ANCHOR_METHOD}'s cost: the normalised regret "
+        f"of the selection when the method had spent what {ANCHOR_METHOD} spends on the dataset "
+        "(mean over seeds; a study without a full-fidelity result by then counts as missing, "
+        "and the datasets with a value are counted). "
         "Sources per study: `sources` in results.csv.",
         "",
         "| method | normalised regret | worst dataset | datasets > 1.0 | final score | regret "
-        f"| cost (full runs) | cost (real) | cost / {REFERENCE_METHOD}'s | evaluations |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| cost (full runs) | cost (real) | cost / {REFERENCE_METHOD}'s | evaluations "
+        f"| at {ANCHOR_METHOD}'s cost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     reference_cost = (
         per_dataset.loc[REFERENCE_METHOD, "cost_real"].mean()
@@ -220,7 +256,7 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
             f"| {mean_se(rows['regret'])} "
             f"| {rows['cost'].mean():.2f} | {rows['cost_real'].mean():.4g} "
             f"| {_share(rows['cost_real'].mean(), reference_cost)} "
-            f"| {rows['n_evals'].mean():.1f} |"
+            f"| {rows['n_evals'].mean():.1f} | {_anytime(rows['regret_at_anchor_cost'])} |"
         )
     datasets = list(dict.fromkeys(table["dataset"]))
     lines += [
