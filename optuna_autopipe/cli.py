@@ -13,6 +13,7 @@
     autopipe data download --benchmark {nmt,lcbench} --data-dir DIR
     autopipe worker --storage URL --study NAME --objective MODULE:CALLABLE [--prior DIR] \
         [--dataset-profile FILE] [--n-trials N] [--max-trials N] [--heartbeat-interval S]
+    autopipe recommend --storage URL --study NAME [--prior DIR] [--enqueue]
 """
 
 from __future__ import annotations
@@ -191,6 +192,24 @@ def _parser() -> argparse.ArgumentParser:
         "--grace-period", type=_positive, default=None, help="default: 2 x heartbeat interval"
     )
     worker.add_argument("--max-retry", type=int, default=3, help="re-runs of a dead worker's trial")
+
+    recommend = commands.add_parser(
+        "recommend", help="the configuration AutoPipe recommends now, its evidence, its check"
+    )
+    recommend.add_argument(
+        "--storage",
+        required=True,
+        help="RDB URL (sqlite:///..., postgresql+psycopg2://...) or journal file",
+    )
+    recommend.add_argument("--study", required=True, help="name of the study")
+    recommend.add_argument(
+        "--prior", default=None, help="directory of the saved prior the study was run with"
+    )
+    recommend.add_argument(
+        "--enqueue",
+        action="store_true",
+        help="enqueue its full-fidelity verification run (not when one exists)",
+    )
     return parser
 
 
@@ -273,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _generate_corpus(args)
         if args.command == "worker":
             return _worker(args)
+        if args.command == "recommend":
+            return _recommend(args)
         return _bench(args)
     except (BenchmarkDataError, ValueError, FileNotFoundError) as exc:
         print(f"autopipe: error: {exc}", file=sys.stderr)
@@ -384,6 +405,13 @@ def _worker(args: argparse.Namespace) -> int:
         max_retry=args.max_retry,
     )
     print(f"worker {os.getpid()}: ran {ran} trials of study {args.study!r}")
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from optuna_autopipe.recommend import recommend_main
+
+    print(recommend_main(args.storage, args.study, prior_dir=args.prior, enqueue=args.enqueue))
     return 0
 
 

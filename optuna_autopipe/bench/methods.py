@@ -135,6 +135,7 @@ def method_revision(name: str) -> int:
 _LAZY = {
     **{name: ("optuna_autopipe.bench.smac_method", "smac") for name in ("smac", "smac-es")},
     "offline": ("optuna_autopipe.bench.offline_method", None),
+    **{name: ("optuna_autopipe.bench.llm_method", None) for name in ("llm-desc", "llm-history")},
     **{
         name: ("optuna_autopipe.bench.early_stop_method", None)
         for name in ("random-es", "tpe-es", "random-cut", "tpe-cut")

@@ -1,0 +1,448 @@
+"""``autopipe recommend``: what AutoPipe recommends now for a study, why, and how to verify it.
+
+The recommendation is ``AutoPipeSampler.recommend(study)`` itself, from a sampler built on the
+study (with the saved prior when one is given: the prior's cut signal reads early stops the
+way the study's own sampler did; without it they are read by the proxies they record). The
+evidence is what the study holds: its trials by kind (early-stopped, full-fidelity, failed,
+promoted), the recommended configuration's early stop (its fraction, proxy, score at the cut,
+rank by the sampler's early-stop signal, the prior score s(x) the sampler recorded) and its
+full-fidelity result when it has one, and the configurations verified so far.
+
+Verification is ``early_stop.verify(study, params)``, the project's own: it promotes the
+configuration's early stop (resuming from its checkpoint) or enqueues a fresh full run, and
+enqueues nothing for a configuration already run at full fidelity. ``enqueue_verification``
+also refuses while a verification of the configuration is waiting or running.
+
+Storages: a URL (``sqlite:///study.db``, ``postgresql+psycopg2://...``) or the path of a
+journal file. Neither is created when missing, and a password in a URL is never printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shlex
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
+from optuna_autopipe.early_stop import (
+    CHECKPOINT_ATTR,
+    FRACTION_ATTR,
+    PRIOR_SCORE_ATTR,
+    PROMOTED_FROM_ATTR,
+    STOP_STEP_ATTR,
+    proxy_of,
+    stopped_early,
+    verify,
+)
+from optuna_autopipe.prior import Prior
+from optuna_autopipe.promotion import signal_agreement
+from optuna_autopipe.sampler import AutoPipeSampler
+
+#: Full-fidelity results listed in the evidence (the best ones).
+_LISTED = 5
+_PENDING = (TrialState.WAITING, TrialState.RUNNING)
+_ABSENT = object()
+_JOURNAL_HINT = "a path is read as an Optuna journal file; an SQLite database is sqlite:///PATH"
+
+
+def recommend_main(
+    storage_url: str, study_name: str, *, prior_dir: str | None = None, enqueue: bool = False
+) -> str:
+    """``autopipe recommend``: the report (``report``), after enqueuing the verification
+    (``enqueue_verification``) when ``enqueue``; raises the errors of ``open_study``,
+    ``load_prior`` and ``recommend``, each naming the study and the storage."""
+    study = open_study(storage_url, study_name)
+    where = f"Study {study_name!r} in storage {shown_url(storage_url)}"
+    prior = load_prior(prior_dir, where=where) if prior_dir else None
+    rec = recommend(study, prior=prior, where=where)
+    done = enqueue_verification(study, rec.params) if enqueue else None
+    text = report(study, rec, storage_url=storage_url, prior_dir=prior_dir)
+    return text if done is None else f"{text}\n\n{done}"
+
+
+def shown_url(storage_url: str) -> str:
+    """``storage_url`` as printed: a URL's password replaced by ``***``."""
+    if "://" not in storage_url:
+        return storage_url
+    try:
+        return make_url(storage_url).render_as_string(hide_password=True)
+    except SQLAlchemyError:
+        return storage_url.split("://", 1)[0] + "://***"  # unparsable: show the scheme only
+
+
+def open_storage(storage_url: str) -> BaseStorage:
+    """The storage of ``storage_url``: an RDB URL, else a journal file's path.
+
+    Raises ``FileNotFoundError`` for a journal file or SQLite database that does not exist
+    (opening would create an empty one) and ``ValueError`` for a path that is not a journal
+    and a URL that cannot be opened (malformed, driver missing, server unreachable).
+    """
+    shown = shown_url(storage_url)
+    if "://" not in storage_url:
+        if not Path(storage_url).is_file():
+            raise FileNotFoundError(f"Storage {shown}: no such journal file ({_JOURNAL_HINT}).")
+        try:
+            return JournalStorage(JournalFileBackend(storage_url))
+        except ValueError as exc:  # not text (an SQLite file): UnicodeDecodeError
+            raise ValueError(f"Storage {shown} is not a journal ({exc}); {_JOURNAL_HINT}.") from exc
+    try:
+        url = make_url(storage_url)
+        file = url.database if url.get_backend_name() == "sqlite" else None
+        if file and file != ":memory:" and not Path(file).is_file():
+            raise FileNotFoundError(f"Storage {shown}: no such SQLite file {file}.")
+        return optuna.storages.get_storage(storage_url)
+    except (ImportError, SQLAlchemyError) as exc:
+        raise ValueError(f"Cannot open storage {shown}: {exc}") from exc
+
+
+def open_study(storage_url: str, study_name: str) -> optuna.Study:
+    """The single-objective study ``study_name`` of ``storage_url`` (``open_storage``).
+
+    Raises ``ValueError`` naming the studies the storage holds when it has no such study,
+    and for a multi-objective study;
+    ``open_storage``'s errors otherwise.
+    """
+    storage = open_storage(storage_url)
+    where = f"storage {shown_url(storage_url)}"
+    journal = "://" not in storage_url
+    names = optuna.get_all_study_names(storage)
+    if study_name not in names:
+        held = ", ".join(repr(n) for n in sorted(names)) if names else "none"
+        raise ValueError(
+            f"No study {study_name!r} in {where}; the studies it holds: {held}"
+            + (f" ({_JOURNAL_HINT})" if journal and not names else "")
+            + "."
+        )
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    if len(study.directions) != 1:
+        raise ValueError(
+            f"Study {study_name!r} in {where} has {len(study.directions)} objectives; "
+            "AutoPipe recommends for a single objective."
+        )
+    return study
+
+
+def load_prior(prior_dir: str, *, where: str) -> Prior:
+    """``Prior.load(prior_dir)``; ``where`` (the study and storage) starts every error.
+
+    Raises ``FileNotFoundError`` when the directory or its ranker is missing and
+    ``ValueError`` when it does not load (corrupt, another version).
+    """
+    if not Path(prior_dir).is_dir():
+        raise FileNotFoundError(f"{where}: --prior {prior_dir} is not a directory.")
+    try:
+        return Prior.load(prior_dir)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{where}: --prior {prior_dir} does not load: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{where}: --prior {prior_dir} does not load: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """``AutoPipeSampler.recommend``'s configuration for a study, with what it rests on."""
+
+    params: dict[str, Any]
+    #: The sampler that recommended it (built on the study, with the prior when given).
+    sampler: AutoPipeSampler
+    #: What the evidence lacks or the sampler warned about, one sentence each.
+    notes: tuple[str, ...]
+
+
+def recommend(study: optuna.Study, *, prior: Prior | None, where: str) -> Recommendation:
+    """What ``AutoPipeSampler(prior).recommend(study)`` returns now, with notes on what the
+    evidence lacks; ``where`` (the study and storage) starts the error.
+
+    Raises ``ValueError`` when no trial gives an observation (no full-fidelity value, no
+    readable early stop), saying what the study holds and what is missing.
+    """
+    # recommend()'s default rule never scores the prior, so the dataset's features are not
+    # needed; NaN stands for each one the prior's ranker could read.
+    features = dict.fromkeys(prior.ranker.dataset_features, math.nan) if prior else None
+    sampler = AutoPipeSampler(prior, features)
+    trials = study.get_trials(deepcopy=False)
+    early = [t for t in trials if stopped_early(t)]
+    notes = []
+    if not any(k.startswith("autopipe:") for t in trials for k in t.user_attrs):
+        notes.append(
+            "No trial carries AutoPipe's attrs (autopipe:*): the study was not run with "
+            "AutoPipeSampler and the early-stop hook, so the recommendation is its best "
+            "complete trial, with no early stop, prior score or promotion behind it."
+        )
+    blind = [t for t in early if proxy_of(t) is None]
+    if prior is None and blind:
+        notes.append(
+            f"{len(blind)} of {len(early)} early stops record no proxy: without --prior they "
+            "count for nothing; the prior's score at the cut reads them (--prior DIR)."
+        )
+    elif prior is None and early and _sampled_with_prior(trials):
+        notes.append(
+            "The study was sampled with a prior (its trials record s(x)); without --prior "
+            "its early stops are read by their proxies, where the sampler may have read them "
+            "by the prior's score at the cut: pass --prior DIR for the sampler's own reading."
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            params = sampler.recommend(study)
+        except ValueError as exc:
+            missing = "no COMPLETE full-fidelity trial and no early stop the sampler can read"
+            if blind and prior is None:
+                missing += " (their score at the cut needs --prior DIR)"
+            raise ValueError(
+                f"{where}: nothing to recommend: {missing}; it holds {_counts_text(trials)}."
+            ) from exc
+    notes.extend(str(w.message) for w in caught)
+    return Recommendation(params=params, sampler=sampler, notes=tuple(notes))
+
+
+def enqueue_verification(study: optuna.Study, params: Mapping[str, Any]) -> str:
+    """Enqueue one full-fidelity run of ``params`` with ``early_stop.verify`` unless the
+    study already holds one (verified, or a verification waiting or running); what was done,
+    as a sentence."""
+    pending = [t for t in _holding(study.get_trials(deepcopy=False), params) if _is_pending(t)]
+    if pending:
+        t = pending[0]
+        return (
+            f"Not enqueued: trial {t.number} ({t.state.name}) already verifies this "
+            "configuration; run it with the study's objective."
+        )
+    done = verify(study, params)
+    if done is not None:
+        return (
+            f"Not enqueued: trial {done.number} already ran this configuration at full "
+            f"fidelity (value {done.value:.6g})."
+        )
+    new = max(
+        (t for t in _holding(study.get_trials(deepcopy=False), params) if _is_pending(t)),
+        key=lambda t: t.number,
+    )
+    origin = new.user_attrs[PROMOTED_FROM_ATTR]
+    how = (
+        "a fresh full-fidelity run (no early stop of it)"
+        if origin is None
+        else f"promoted from early-stopped trial {origin}"
+        + (
+            f", resuming from {new.user_attrs[CHECKPOINT_ATTR]}"
+            if CHECKPOINT_ATTR in new.user_attrs
+            else " (no checkpoint: from scratch)"
+        )
+    )
+    return (
+        f"Enqueued trial {new.number} (WAITING) to verify it: {how}. Run it with the "
+        "study's objective (e.g. study.optimize(objective, n_trials=1), or one autopipe "
+        "worker with --n-trials 1)."
+    )
+
+
+def report(
+    study: optuna.Study,
+    rec: Recommendation,
+    *,
+    storage_url: str,
+    prior_dir: str | None,
+) -> str:
+    """The recommendation, its evidence and how to verify it, as printed by the command."""
+    trials = study.get_trials(deepcopy=False)
+    prior = rec.sampler.prior
+    mine = _holding(trials, rec.params)
+    lines = [
+        f"Study {study.study_name!r} in {shown_url(storage_url)} "
+        f"({study.direction.name.lower()}), read with "
+        + (f"the prior {prior_dir}" if prior_dir else "no prior")
+        + ".",
+        f"Recommended configuration: {rec.params!r}",
+        "",
+        "Evidence:",
+        f"  {_counts_text(trials)}",
+    ]
+    full = sorted(_full_results(mine), key=lambda t: _better(study, t))
+    if full:
+        best = full[0]
+        lines.append(
+            f"  verified: trial {best.number} ran it at full fidelity, value {best.value:.6g}"
+            + _origin(best)
+        )
+    else:
+        lines.append("  not verified: no full-fidelity result of it yet")
+    ranking = [t.number for t in rec.sampler.early_stop_ranking(study, include_verified=True)]
+    lines += ["  " + _early_stop_text(t, prior, ranking) for t in mine if stopped_early(t)]
+    scored = [t for t in mine if PRIOR_SCORE_ATTR in t.user_attrs]
+    if scored and _sampled_with_prior(trials):
+        lines.append(
+            f"  prior score s(x) the sampler recorded (trial {scored[0].number}): "
+            f"{scored[0].user_attrs[PRIOR_SCORE_ATTR]:.3g}"
+        )
+    lambdas = [t for t in trials if "autopipe:lambda" in t.user_attrs]
+    if lambdas and _sampled_with_prior(trials):
+        last = lambdas[-1]
+        lines.append(
+            f"  the prior's weight λ at trial {last.number}: "
+            f"{last.user_attrs['autopipe:lambda']:.3g}"
+        )
+    verified = sorted(_full_results(trials), key=lambda t: _better(study, t))
+    if verified:
+        lines.append("  full-fidelity results, best first:")
+        for t in verified[:_LISTED]:
+            lines.append(f"    trial {t.number}: {t.value:.6g} {t.params!r}{_origin(t)}")
+        if len(verified) > _LISTED:
+            lines.append(f"    ... and {len(verified) - _LISTED} more")
+    agreement = signal_agreement(study, rec.sampler)
+    if math.isfinite(agreement):
+        lines.append(
+            f"  the early-stop signal's order of the promoted runs vs their full values: "
+            f"Spearman {agreement:.2f}"
+        )
+    lines.extend(f"  note: {note}" for note in rec.notes)
+    lines += ["", "Verify it:"]
+    pending = [t for t in mine if _is_pending(t)]
+    if full:
+        lines.append(f"  verified already (trial {full[0].number}); nothing to run.")
+    elif pending:
+        lines.append(
+            f"  trial {pending[0].number} ({pending[0].state.name}) verifies it already: run "
+            "it with the study's objective."
+        )
+    else:
+        command = ["autopipe", "recommend", "--storage", shown_url(storage_url)]
+        command += ["--study", study.study_name]
+        command += ["--prior", prior_dir] if prior_dir else []
+        lines += [
+            f"  {shlex.join([*command, '--enqueue'])}",
+            "  then run the enqueued trial with the study's objective; or in Python:",
+            *(f"    {line}" for line in _snippet(storage_url, study.study_name, rec.params)),
+        ]
+    return "\n".join(lines)
+
+
+def _snippet(storage_url: str, study_name: str, params: Mapping[str, Any]) -> list[str]:
+    """Python that enqueues and runs the verification (``objective``: the study's)."""
+    storage = repr(shown_url(storage_url))
+    lines = ["import optuna", "from optuna_autopipe.early_stop import verify"]
+    if "://" not in storage_url:
+        lines.append("from optuna.storages.journal import JournalFileBackend")
+        storage = f"optuna.storages.JournalStorage(JournalFileBackend({storage}))"
+    lines += [
+        f"study = optuna.load_study(study_name={study_name!r}, storage={storage})",
+        f"if verify(study, {dict(params)!r}) is None:  # enqueued: run it at full fidelity",
+        "    study.optimize(objective, n_trials=1)",
+    ]
+    return lines
+
+
+def _early_stop_text(trial: FrozenTrial, prior: Prior | None, ranking: Sequence[int]) -> str:
+    """One early stop of the recommended configuration: where it stopped, its proxy, its
+    score at the cut (with a prior) and its rank by the sampler's early-stop signal."""
+    attrs = trial.user_attrs
+    fraction = attrs.get(FRACTION_ATTR)
+    parts = [
+        f"early stop: trial {trial.number}, stopped at step {attrs[STOP_STEP_ATTR]}"
+        + (f" ({fraction:.0%} of training)" if fraction is not None else "")
+    ]
+    proxy = proxy_of(trial)
+    parts.append("no proxy" if proxy is None else f"proxy {proxy[0]:.3g} ± {proxy[1] ** 0.5:.2g}")
+    regressor = None
+    if prior is not None and fraction is not None:
+        with contextlib.suppress(ValueError):  # a fraction the prior serves no regressor for
+            regressor = prior.regressor_for(fraction)
+    dynamics = attrs.get(DYNAMICS_ATTR)
+    if regressor is not None and regressor.cut is not None and isinstance(dynamics, str):
+        cut = regressor.cut
+        value = cut.sign * cut.value(TrainingDynamics.from_json(dynamics), fraction=fraction)
+        parts.append(
+            f"{cut.feature} at the cut {value:.4g} ({'higher' if cut.sign > 0 else 'lower'} "
+            f"is better; the prior reads early stops by "
+            f"{'it' if regressor.uses_cut else 'the proxy'})"
+        )
+    if trial.number in ranking:
+        parts.append(f"rank {ranking.index(trial.number) + 1} of {len(ranking)} early stops")
+    return ", ".join(parts)
+
+
+def _counts_text(trials: Sequence[FrozenTrial]) -> str:
+    """The study's trials by kind, promotions by state."""
+    full = len(_full_results(trials))
+    kinds = {
+        "early-stopped": sum(stopped_early(t) for t in trials),
+        "full-fidelity": full,
+        "failed": sum(t.state == TrialState.FAIL for t in trials),
+    }
+    others = {
+        "complete below full fidelity": sum(t.state == TrialState.COMPLETE for t in trials) - full,
+        "pruned by the pruner": sum(
+            t.state == TrialState.PRUNED and not stopped_early(t) for t in trials
+        ),
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+        "waiting": sum(t.state == TrialState.WAITING for t in trials),
+    }
+    kinds.update((kind, n) for kind, n in others.items() if n)
+    promoted = [t for t in trials if PROMOTED_FROM_ATTR in t.user_attrs]
+    states = sorted({t.state for t in promoted}, key=lambda s: s.value)
+    by_state = ", ".join(f"{sum(t.state == s for t in promoted)} {s.name.lower()}" for s in states)
+    return (
+        f"{len(trials)} trials: "
+        + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+        + f"; promoted to full fidelity: {len(promoted)}"
+        + (f" ({by_state})" if promoted else "")
+    )
+
+
+def _full_results(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """COMPLETE trials at full fidelity with a finite value (what ``verify`` accepts)."""
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and float(t.user_attrs.get("fidelity", 1.0)) >= 1.0
+        and t.value is not None
+        and math.isfinite(t.value)
+    ]
+
+
+def _better(study: optuna.Study, trial: FrozenTrial) -> float:
+    """A sort key, best first, of a trial with a value."""
+    assert trial.value is not None
+    return -trial.value if study.direction == optuna.study.StudyDirection.MAXIMIZE else trial.value
+
+
+def _origin(trial: FrozenTrial) -> str:
+    """Where a verification run came from, as a suffix ('' for any other trial)."""
+    if PROMOTED_FROM_ATTR not in trial.user_attrs:
+        return ""
+    origin = trial.user_attrs[PROMOTED_FROM_ATTR]
+    return " (a fresh verification run)" if origin is None else f" (promoted from trial {origin})"
+
+
+def _holding(trials: Sequence[FrozenTrial], params: Mapping[str, Any]) -> list[FrozenTrial]:
+    """The trials that ran, run or will run with every value of ``params`` (an enqueued
+    trial's values are its fixed parameters)."""
+    return [
+        t
+        for t in trials
+        if all(
+            {**t.system_attrs.get("fixed_params", {}), **t.params}.get(n, _ABSENT) == v
+            for n, v in params.items()
+        )
+    ]
+
+
+def _sampled_with_prior(trials: Sequence[FrozenTrial]) -> bool:
+    """Whether the sampler that ran the study had a prior (it recorded some s(x) ≠ 0)."""
+    return any(t.user_attrs.get(PRIOR_SCORE_ATTR, 0.0) != 0.0 for t in trials)
+
+
+def _is_pending(trial: FrozenTrial) -> bool:
+    """A verification run waiting or running."""
+    return trial.state in _PENDING and PROMOTED_FROM_ATTR in trial.user_attrs
