@@ -7,12 +7,15 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from objectives import data_root, load_benchmark
 from objectives.post_training.mini_corpus import V2, MiniCorpus, MiniScale, generate
 from objectives.post_training.search_space import tiny_space
 from objectives.registry import Benchmark
+from optuna_autopipe.corpus import DatasetRuns
+from optuna_autopipe.dynamics import TrainingDynamics
 
 
 def _require_data() -> None:
@@ -62,3 +65,24 @@ def tiny_v2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MiniCorp
     generate(data / "post-training", corpus=corpus, runs=4, workers=1, datasets=TINY_V2_DATASETS)
     yield corpus, data
     patch.undo()
+
+
+def toy_losses(quality: float, rng: np.random.Generator, total: int = 20) -> np.ndarray:
+    """A toy loss curve, shape ``(total,)``: falls faster for a higher ``quality``."""
+    return 3 - 0.04 * (1 + quality) * np.arange(1, total + 1) + rng.normal(0, 0.01, total)
+
+
+def runs_with_dynamics(name: str, seed: int, n: int = 40) -> DatasetRuns:
+    """Past runs of (x, w) in [0, 1]² whose loss curves show their quality q; final score
+    q + x (maximised), one dataset feature ``size``."""
+    rng = np.random.default_rng(seed)
+    x, w, q = rng.random(n), rng.random(n), rng.normal(0, 1, n)
+    steps = np.arange(1, 21)
+    dynamics = [
+        TrainingDynamics(
+            total_steps=20, metrics={"loss": np.c_[steps, toy_losses(v, rng)].tolist()}
+        )
+        for v in q
+    ]
+    configs = [{"x": float(a), "w": float(b)} for a, b in zip(x, w, strict=True)]
+    return DatasetRuns(name, "maximize", {"size": float(seed)}, configs, q + x, dynamics=dynamics)

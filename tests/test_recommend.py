@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from conftest import runs_with_dynamics, toy_losses
 from optuna.distributions import FloatDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from optuna_autopipe.cli import main
-from optuna_autopipe.corpus import Corpus, DatasetRuns
+from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 from optuna_autopipe.early_stop import (
     FRACTION_ATTR,
@@ -34,29 +35,12 @@ SPACE = {"x": FloatDistribution(0.0, 1.0), "w": FloatDistribution(0.0, 1.0)}
 FEATURES = {"size": 1.5}
 
 
-def _losses(quality: float, rng: np.random.Generator, total: int = 20) -> np.ndarray:
-    return 3 - 0.04 * (1 + quality) * np.arange(1, total + 1) + rng.normal(0, 0.01, total)
-
-
-def _runs(name: str, seed: int, n: int = 40) -> DatasetRuns:
-    """Past runs of (x, w) whose loss curves show their quality q; final score q + x."""
-    rng = np.random.default_rng(seed)
-    x, w, q = rng.random(n), rng.random(n), rng.normal(0, 1, n)
-    steps = np.arange(1, 21)
-    dynamics = [
-        TrainingDynamics(total_steps=20, metrics={"loss": np.c_[steps, _losses(v, rng)].tolist()})
-        for v in q
-    ]
-    configs = [{"x": float(a), "w": float(b)} for a, b in zip(x, w, strict=True)]
-    return DatasetRuns(name, "maximize", {"size": float(seed)}, configs, q + x, dynamics=dynamics)
-
-
 @pytest.fixture(scope="module")
 def prior(tmp_path_factory: pytest.TempPathFactory) -> tuple[Prior, Path]:
     """A prior (ranker reading the dataset feature ``size``, early-stop regressors whose
     cut signal the sampler uses) and the directory it is saved in."""
     fitted = fit_prior(
-        Corpus(SPACE, [_runs(f"d{i}", i) for i in range(4)]),
+        Corpus(SPACE, [runs_with_dynamics(f"d{i}", i) for i in range(4)]),
         grid=[TreeParams(n_estimators=20)],
         n_models=1,
     )
@@ -74,7 +58,7 @@ def _objective(prior: Prior, seed: int = 0):
     def objective(trial: optuna.Trial) -> float:
         x, w = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("w", 0.0, 1.0)
         hook = AutoPipeEarlyStop(trial, total_steps=20, regressor=prior.regressor, dataset=FEATURES)
-        for step, loss in enumerate(_losses(w - 0.5, rng), 1):
+        for step, loss in enumerate(toy_losses(w - 0.5, rng), 1):
             if hook.report(step, {"loss": float(loss)}):
                 break
         hook.finish()
@@ -245,7 +229,7 @@ def _add(study: optuna.Study, state: TrialState, x: float, value=None, **attrs) 
 def _cut_without_proxy(rng: np.random.Generator, quality: float) -> dict:
     """The attrs of an early stop at 50% by a hook without a regressor: no proxy."""
     dynamics = TrainingDynamics(total_steps=20)
-    for step, loss in enumerate(_losses(quality, rng)[:10], 1):
+    for step, loss in enumerate(toy_losses(quality, rng)[:10], 1):
         dynamics.record(step, {"loss": float(loss)})
     return {
         DYNAMICS_ATTR: dynamics.to_json(),

@@ -16,6 +16,7 @@ import tracemalloc
 import numpy as np
 import optuna
 import pytest
+from conftest import runs_with_dynamics, toy_losses
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -25,7 +26,6 @@ from optuna_autopipe import sampler as sampler_module
 from optuna_autopipe.acquisition import Schedule, best_first, offset, ucb
 from optuna_autopipe.candidates import base_candidates, config_key, perturb
 from optuna_autopipe.corpus import Corpus, DatasetRuns
-from optuna_autopipe.dynamics import TrainingDynamics
 from optuna_autopipe.early_stop import (
     PRIOR_SCORE_ATTR,
     PROXY_ATTR,
@@ -611,22 +611,6 @@ def test_without_a_prior_the_gp_models_the_proxies_themselves():
     assert attrs["autopipe:gp_std"] > 0
 
 
-def _losses(quality: float, rng: np.random.Generator, total: int = 20) -> np.ndarray:
-    return 3 - 0.04 * (1 + quality) * np.arange(1, total + 1) + rng.normal(0, 0.01, total)
-
-
-def _runs_with_dynamics(name: str, seed: int, n: int = 40) -> DatasetRuns:
-    rng = np.random.default_rng(seed)
-    x, w, q = rng.random(n), rng.random(n), rng.normal(0, 1, n)
-    steps = np.arange(1, 21)
-    dynamics = [
-        TrainingDynamics(total_steps=20, metrics={"loss": np.c_[steps, _losses(v, rng)].tolist()})
-        for v in q
-    ]
-    configs = [{"x": float(a), "w": float(b)} for a, b in zip(x, w, strict=True)]
-    return DatasetRuns(name, "maximize", {"size": float(seed)}, configs, q + x, dynamics=dynamics)
-
-
 def _hooked_objective(prior, features, rng):
     """x, w; a loss curve of quality w − 0.5 fed to the early-stop hook with the prior's
     regressor; returns x."""
@@ -634,7 +618,7 @@ def _hooked_objective(prior, features, rng):
     def objective(trial):
         x, w = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("w", 0.0, 1.0)
         hook = AutoPipeEarlyStop(trial, total_steps=20, regressor=prior.regressor, dataset=features)
-        for step, loss in enumerate(_losses(w - 0.5, rng), 1):
+        for step, loss in enumerate(toy_losses(w - 0.5, rng), 1):
             if hook.report(step, {"loss": float(loss)}):
                 break
         hook.finish()
@@ -647,7 +631,7 @@ def test_the_early_stop_hook_turns_the_sampler_prior_score_into_a_proxy_the_gp_u
     """End to end: the sampler writes s(x) on the trial, the hook (residual regressor) reads
     it for autopipe:proxy = s(x) + r, and the next BO step's offset is the mean residual."""
     space = {"x": FloatDistribution(0.0, 1.0), "w": FloatDistribution(0.0, 1.0)}
-    corpus = Corpus(space, [_runs_with_dynamics(f"d{i}", i) for i in range(4)])
+    corpus = Corpus(space, [runs_with_dynamics(f"d{i}", i) for i in range(4)])
     prior = fit_prior(corpus, grid=[TreeParams(n_estimators=20)], n_models=1)
     assert prior.regressor is not None and prior.regressor.target == "residual"
     features = {"size": 1.5}
@@ -679,7 +663,7 @@ def test_an_enqueued_partial_configuration_gets_the_proxy_of_the_configuration_t
     """``enqueue_trial({"x": 0.25})``: the sampler completes it (w), and s(x), the claim and
     the hook's proxy s(x) + r all describe the run, not the sampler's unconstrained choice."""
     space = {"x": FloatDistribution(0.0, 1.0), "w": FloatDistribution(0.0, 1.0)}
-    corpus = Corpus(space, [_runs_with_dynamics(f"d{i}", i) for i in range(4)])
+    corpus = Corpus(space, [runs_with_dynamics(f"d{i}", i) for i in range(4)])
     prior = fit_prior(corpus, grid=[TreeParams(n_estimators=20)], n_models=1)
     features = {"size": 1.5}
     sampler = AutoPipeSampler(prior, features, seed=0, n_samples=256, search_space=space)
