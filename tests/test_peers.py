@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import sys
 
+import numpy as np
 import optuna
 import pytest
 
@@ -209,3 +210,29 @@ def test_the_bench_runs_a_peer_beside_the_projects_methods_into_one_storage(tmp_
     stored = optuna.load_study(study_name=f"nmt/{DATASET}/dehb/seed0", storage=spec.storage_url)
     assert stored.user_attrs["bench"]["revision"] == method_revision("dehb")
     assert len(stored.trials) > 2
+
+
+def test_a_peer_never_sees_a_single_valued_parameter_and_gets_its_value_back():
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    from optuna_autopipe.bench.peers.driver import peer_space, task_config
+
+    space = {
+        "bpe": CategoricalDistribution([8]),
+        "layers": IntDistribution(1, 9, step=2),
+        "lr": FloatDistribution(1e-4, 1e-1, log=True),
+        "size": CategoricalDistribution([256, 512]),
+    }
+    assert list(peer_space(space)) == ["layers", "lr", "size"]
+    proposed = {"layers": 4.2, "lr": 0.10000000000000002, "size": np.int64(512)}
+    config = task_config(space, proposed)
+    assert config == {"bpe": 8, "layers": 5, "lr": 0.1, "size": 512}
+    assert type(config["size"]) is int  # the task's own choice, not the peer's numpy scalar
+    with pytest.raises(ValueError, match=r"size=300 is not one of \(256, 512\)"):
+        task_config(space, {**proposed, "size": 300})
+    with pytest.raises(ValueError, match=r"lacks parameter 'lr'"):
+        task_config(space, {"layers": 3, "size": 256})

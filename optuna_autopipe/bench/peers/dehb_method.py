@@ -26,13 +26,19 @@ from optuna.distributions import (
 )
 
 from optuna_autopipe.bench.methods import Context, register
-from optuna_autopipe.bench.peers.driver import Proposal, drive, ordered_numbers, task_config
+from optuna_autopipe.bench.peers.driver import (
+    Proposal,
+    drive,
+    ordered_numbers,
+    peer_space,
+    task_config,
+)
 
 
 def config_space(space: dict[str, BaseDistribution], seed: int) -> CS.ConfigurationSpace:
     """ConfigSpace hyperparameters for an Optuna search space."""
     cs = CS.ConfigurationSpace(seed=seed)
-    for name, dist in space.items():
+    for name, dist in peer_space(space).items():
         if isinstance(dist, CategoricalDistribution):
             kind = (
                 CS.OrdinalHyperparameter if ordered_numbers(dist) else CS.CategoricalHyperparameter

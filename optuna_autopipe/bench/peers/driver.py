@@ -70,6 +70,12 @@ def ordered_numbers(dist: CategoricalDistribution) -> bool:
     return numeric and list(choices) == sorted(choices)
 
 
+def peer_space(space: dict[str, BaseDistribution]) -> dict[str, BaseDistribution]:
+    """The parameters a peer chooses: those with more than one value (some libraries refuse
+    a single-valued one; ``task_config`` fills them in)."""
+    return {name: dist for name, dist in space.items() if not dist.single()}
+
+
 def task_config(space: dict[str, BaseDistribution], values: dict[str, Any]) -> dict[str, Any]:
     """A peer's proposal in the task's own values: a categorical's choice equal to the
     proposed value (peers hand back numpy scalars), an integer rounded onto its grid, a float
@@ -80,6 +86,11 @@ def task_config(space: dict[str, BaseDistribution], values: dict[str, Any]) -> d
     """
     config: dict[str, Any] = {}
     for name, dist in space.items():
+        if dist.single():  # not shown to the peer (``peer_space``)
+            config[name] = (
+                dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
+            )
+            continue
         if name not in values:
             raise ValueError(f"The peer's proposal {values} lacks parameter {name!r}.")
         value = values[name]

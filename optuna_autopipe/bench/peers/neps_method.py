@@ -32,7 +32,7 @@ from optuna.distributions import (
 )
 
 from optuna_autopipe.bench.methods import Context, global_config, register
-from optuna_autopipe.bench.peers.driver import Proposal, drive, task_config
+from optuna_autopipe.bench.peers.driver import Proposal, drive, peer_space, task_config
 
 LEVEL = "autopipe_level"
 PRIOR_CONFIDENCE = "medium"
@@ -45,7 +45,7 @@ def neps_space(
     fidelity ``LEVEL`` in 1..``levels``. Categoricals stay categorical (NePS has no ordinal:
     its log integers sample only a few values of a small range)."""
     parameters: dict[str, Any] = {}
-    for name, dist in space.items():
+    for name, dist in peer_space(space).items():
         belief = {"prior": prior[name], "prior_confidence": PRIOR_CONFIDENCE}
         if isinstance(dist, CategoricalDistribution):
             parameters[name] = neps.Categorical(list(dist.choices), **belief)

@@ -50,7 +50,13 @@ from syne_tune.optimizer.schedulers.transfer_learning.quantile_based.quantile_ba
 )
 
 from optuna_autopipe.bench.methods import Context, register
-from optuna_autopipe.bench.peers.driver import Proposal, drive, ordered_numbers, task_config
+from optuna_autopipe.bench.peers.driver import (
+    Proposal,
+    drive,
+    ordered_numbers,
+    peer_space,
+    task_config,
+)
 
 #: The constant holding the highest level (Syne Tune's ``max_resource_attr``), and the
 #: reported level's key (``resource_attr``).
@@ -64,7 +70,7 @@ def syne_tune_space(space: dict[str, BaseDistribution]) -> dict[str, Any]:
     """Syne Tune domains for an Optuna search space: increasing numeric categoricals as
     ordinals, other categoricals as choices, ints and floats as (log-)uniform ranges."""
     domains: dict[str, Any] = {}
-    for name, dist in space.items():
+    for name, dist in peer_space(space).items():
         if isinstance(dist, CategoricalDistribution):
             choices = list(dist.choices)
             domains[name] = (
