@@ -105,7 +105,7 @@ RENAMED = {
 PROTOCOL_FREE = frozenset(
     {
         *("random", "tpe", "gp", "bohb", "smac", "random1", "random-cut", "tpe-cut"),
-        *("mobster", "hyper-tune", "dehb"),
+        *("mobster", "hyper-tune", "dehb", "llm-desc"),
     }
 )
 
