@@ -26,6 +26,7 @@ from pathlib import Path
 
 from objectives.data import SOURCE_PAGES, BenchmarkDataError, download
 from objectives.registry import BENCHMARKS, PROTOCOLS
+from optuna_autopipe.bench.job_failures import StudiesFailed
 from optuna_autopipe.bench.prior_noise import PRIOR_NOISE
 
 DEFAULT_METHODS = (
@@ -295,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "recommend":
             return _recommend(args)
         return _bench(args)
-    except (BenchmarkDataError, ValueError, FileNotFoundError) as exc:
+    except (BenchmarkDataError, ValueError, FileNotFoundError, StudiesFailed) as exc:
         print(f"autopipe: error: {exc}", file=sys.stderr)
         return 2
 

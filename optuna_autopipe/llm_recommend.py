@@ -194,6 +194,15 @@ class ChatClient:
         return content
 
 
+def configured_endpoint() -> dict[str, str]:
+    """The base URL and model the environment names now (``ChatClient.from_env``'s order;
+    empty strings when unset); the key is left out."""
+    return {
+        "base_url": _env(ENV_BASE_URL) or _env(FALLBACK_BASE_URL) or "",
+        "model": _env(ENV_MODEL) or "",
+    }
+
+
 def _env(name: str) -> str | None:
     return os.environ.get(name) or None
 

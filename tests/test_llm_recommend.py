@@ -24,6 +24,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from optuna_autopipe.bench.harness import BenchSpec, run_bench
+from optuna_autopipe.bench.job_failures import StudiesFailed
 from optuna_autopipe.bench.methods import Context, get_method
 from optuna_autopipe.llm_recommend import (
     ChatClient,
@@ -501,13 +502,31 @@ def test_the_bench_methods_run_end_to_end_asking_once_per_dataset(stub, nmt, tmp
 
 @pytest.mark.slow
 def test_the_bench_refuses_an_llm_method_without_an_endpoint(nmt, tmp_path):
-    with pytest.raises(LLMNotConfiguredError) as error:
-        run_bench(_nmt_spec(tmp_path, ("llm-desc",), seeds=1))
+    with pytest.raises(StudiesFailed) as error:
+        run_bench(_nmt_spec(tmp_path, ("random", "llm-desc"), seeds=1))
     message = str(error.value)
+    assert "nmt/ted-ru-en/llm-desc/seed0: LLMNotConfiguredError" in message
     assert "Method 'llm-desc' needs an OpenAI-compatible chat-completions endpoint" in message
     assert "AUTOPIPE_LLM_BASE_URL" in message and "AUTOPIPE_LLM_MODEL" in message
     stored = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'bench.db'}")
-    assert stored == []
+    assert [s.study_name for s in stored] == ["nmt/ted-ru-en/random/seed0"]  # the other kept
+
+
+@pytest.mark.slow
+def test_a_stored_result_of_another_model_is_not_read_as_this_ones(
+    stub, nmt, tmp_path, monkeypatch
+):
+    stub.default = json.dumps(NMT_REPLY)
+    run_bench(_nmt_spec(tmp_path, ("llm-desc",), seeds=1))
+    stored = optuna.load_study(
+        study_name="nmt/ted-ru-en/llm-desc/seed0", storage=f"sqlite:///{tmp_path / 'bench.db'}"
+    ).user_attrs["bench"]
+    assert stored["settings"] == {"base_url": stub.base_url, "model": "stub-model"}
+    monkeypatch.setenv("AUTOPIPE_LLM_MODEL", "another-model")
+    with pytest.raises(
+        ValueError, match=r"(?s)llm-desc/seed0.*'model': 'stub-model'.*another-model"
+    ):
+        run_bench(_nmt_spec(tmp_path, ("llm-desc",), seeds=1))
 
 
 @pytest.mark.parametrize("method", ["llm-desc", "llm-history"])

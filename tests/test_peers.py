@@ -236,3 +236,28 @@ def test_a_peer_never_sees_a_single_valued_parameter_and_gets_its_value_back():
         task_config(space, {**proposed, "size": 300})
     with pytest.raises(ValueError, match=r"lacks parameter 'lr'"):
         task_config(space, {"layers": 3, "size": 256})
+
+
+def test_a_peers_python_without_the_peer_fails_that_study_and_keeps_the_others(
+    tmp_path, monkeypatch
+):
+    from optuna_autopipe.bench.job_failures import StudiesFailed
+
+    if peer_env.importable("dehb"):
+        pytest.skip("dehb is importable here: this is the peers' environment")
+    # the main environment named as the peers' one: it lacks DEHB and must say so, not send
+    # the job on to itself
+    monkeypatch.setenv(peer_env.PEERS_PYTHON_ENV, sys.executable)
+    spec = BenchSpec(
+        benchmark="nmt",
+        methods=("random", "dehb"),
+        out=tmp_path,
+        budget=2,
+        seeds=1,
+        datasets=(DATASET,),
+        workers=1,
+    )
+    with pytest.raises(StudiesFailed, match=r"(?s)dehb/seed0: PeerEnvironmentError.*lacks dehb"):
+        run_bench(spec)
+    stored = optuna.get_all_study_summaries(spec.storage_url)
+    assert [s.study_name for s in stored] == [f"nmt/{DATASET}/random/seed0"]

@@ -33,7 +33,14 @@ from tqdm import tqdm
 from objectives.registry import Benchmark, Protocol, load_benchmark
 from objectives.replay import stable_seed
 from optuna_autopipe.bench import peer_env
-from optuna_autopipe.bench.methods import PROTOCOL_FREE, Context, get_method, method_revision
+from optuna_autopipe.bench.job_failures import JobFailure, StudiesFailed
+from optuna_autopipe.bench.methods import (
+    PROTOCOL_FREE,
+    Context,
+    get_method,
+    method_revision,
+    method_settings,
+)
 from optuna_autopipe.bench.prior_noise import check_mode
 from optuna_autopipe.bench.report import Outputs, write_outputs
 
@@ -117,10 +124,16 @@ def run_bench(spec: BenchSpec) -> Outputs:
     ):
         # One dataset's studies per task: a worker fits that fold's prior once (cached).
         by_dataset = [[job for job in todo if job.dataset == d] for d in datasets]
+        failed: list[tuple[Job, JobFailure]] = []
         for group in pool.map(run_jobs, [g for g in by_dataset if g]):
             for job, result in group:
+                if isinstance(result, JobFailure):
+                    failed.append((job, result))
+                    continue
                 _store(storage, job, *result)
                 bar.update()
+    if failed:
+        raise StudiesFailed(failed)
     wall = time.perf_counter() - started
     return write_outputs(storage, benchmark, jobs, spec, wall_seconds=wall)
 
@@ -129,8 +142,9 @@ def _finished(storage: optuna.storages.BaseStorage, jobs: list[Job]) -> set[str]
     """Names of the jobs' studies already finished in ``storage``.
 
     Raises:
-        ValueError: a finished study was run by an older revision of its method (its results
-            describe another method); names the studies and the fix.
+        ValueError: a finished study was run by another revision of its method, or with
+            other outside settings (an LLM's model): its results describe another method;
+            names the studies and the fix.
     """
     wanted = {job.study_name: job.method for job in jobs}
     done, stale = set(), []
@@ -139,18 +153,22 @@ def _finished(storage: optuna.storages.BaseStorage, jobs: list[Job]) -> set[str]
         if record is None or summary.study_name not in wanted:
             continue
         done.add(summary.study_name)
-        method, stored = wanted[summary.study_name], record.get("revision", 1)
-        if stored != method_revision(method):
-            stale.append((summary.study_name, method, stored))
+        method = wanted[summary.study_name]
+        stored = (record.get("revision", 1), record.get("settings", {}))
+        now = (method_revision(method), method_settings(method))
+        if stored != now:
+            stale.append((summary.study_name, method, stored, now))
     if stale:
         listed = "\n".join(
-            f"  {name}: revision {stored}, {method!r} is at {method_revision(method)}"
-            for name, method, stored in stale[:10]
+            f"  {name}: revision {stored[0]} {stored[1] or ''}, {method!r} is at revision "
+            f"{now[0]} {now[1] or ''}"
+            for name, method, stored, now in stale[:10]
         )
         more = f"\n  ... and {len(stale) - 10} more" if len(stale) > 10 else ""
         raise ValueError(
             f"{len(stale)} finished {'study' if len(stale) == 1 else 'studies'} in this storage "
-            f"were run by another revision of their method:\n{listed}{more}\nRead as current, "
+            f"were run by another revision or settings of their method:\n{listed}{more}\n"
+            "Read as current, "
             "they would report another method's results. Use a new --storage, or delete those "
             "studies (optuna delete-study --study-name NAME --storage URL) to rerun them."
         )
@@ -181,12 +199,25 @@ def _benchmark(name: str, data_dir: str | None, noise_sd: float) -> Benchmark:
     return load_benchmark(name, data_dir=data_dir, noise_sd=noise_sd)
 
 
-def run_jobs(jobs: list[Job]) -> list[tuple[Job, tuple[Any, ...]]]:
+def run_jobs(jobs: list[Job]) -> list[tuple[Job, tuple[Any, ...] | JobFailure]]:
     """Run ``jobs`` (one dataset's); those of peers this environment lacks run in the peers'
-    environment (``peer_env``), in one call."""
+    environment (``peer_env``), in one call. A job that raises gives its ``JobFailure``, so
+    the others' studies are kept."""
     away = [job for job in jobs if peer_env.remote(job.method)]
-    here = [(job, _run_job(job)) for job in jobs if not peer_env.remote(job.method)]
-    return here + (peer_env.run_remote(away) if away else [])
+    results: list[tuple[Job, tuple[Any, ...] | JobFailure]] = []
+    for job in jobs:
+        if job not in away:
+            try:
+                results.append((job, _run_job(job)))
+            except Exception:  # reported with the other failures by run_bench
+                results.append((job, JobFailure.current()))
+    if away:
+        try:
+            results += peer_env.run_remote(away)
+        except Exception:  # every job sent there failed with it
+            failure = JobFailure.current()
+            results += [(job, failure) for job in away]
+    return results
 
 
 def _run_job(job: Job) -> tuple[list[optuna.trial.FrozenTrial], str, dict[str, Any]]:
@@ -275,4 +306,11 @@ def _store(
         ("seed", job.seed),
     ):
         study.set_user_attr(key, value)
-    study.set_user_attr("bench", {**record, "revision": method_revision(job.method)})
+    study.set_user_attr(
+        "bench",
+        {
+            **record,
+            "revision": method_revision(job.method),
+            "settings": method_settings(job.method),
+        },
+    )

@@ -45,6 +45,7 @@ from optuna_autopipe.llm_recommend import (
     ChatClient,
     LLMNotConfiguredError,
     PastDataset,
+    configured_endpoint,
     recommend,
 )
 
@@ -114,5 +115,6 @@ def llm_method(name: str, *, history: bool) -> Method:
     return run
 
 
-register("llm-desc")(llm_method("llm-desc", history=False))
-register("llm-history")(llm_method("llm-history", history=True))
+# a stored result of another endpoint or model is not this method's (``methods.SETTINGS``)
+register("llm-desc", settings=configured_endpoint)(llm_method("llm-desc", history=False))
+register("llm-history", settings=configured_endpoint)(llm_method("llm-history", history=True))

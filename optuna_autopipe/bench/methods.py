@@ -110,16 +110,33 @@ PROTOCOL_FREE = frozenset(
 )
 
 
-def register(name: str, *, revision: int = 1) -> Callable[[Method], Method]:
+#: Outside settings a method's results depend on (an LLM's endpoint and model), read when a
+#: study is stored and compared when it is read back (``method_settings``).
+SETTINGS: dict[str, Callable[[], dict[str, str]]] = {}
+
+
+def register(
+    name: str, *, revision: int = 1, settings: Callable[[], dict[str, str]] | None = None
+) -> Callable[[Method], Method]:
     """Register a method under ``name`` (used by ``autopipe bench --methods``) at
-    ``revision`` (see ``REVISIONS``)."""
+    ``revision`` (see ``REVISIONS``), with the outside ``settings`` its results depend on."""
 
     def add(method: Method) -> Method:
         METHODS[name] = method
         REVISIONS[name] = revision
+        if settings is not None:
+            SETTINGS[name] = settings
         return method
 
     return add
+
+
+def method_settings(name: str) -> dict[str, str]:
+    """The outside settings method ``name`` would run with now (empty for most methods)."""
+    if name in PEERS:
+        return {}
+    get_method(name)
+    return SETTINGS[name]() if name in SETTINGS else {}
 
 
 def method_revision(name: str) -> int:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 #: Overrides where the peers' Python is (default: ``.venv-peers/bin/python`` in the checkout).
 PEERS_PYTHON_ENV = "AUTOPIPE_PEERS_PYTHON"
+#: Set in the peers' side of a call: a job it cannot run there is an error, not sent on.
+_SERVING_ENV = "AUTOPIPE_PEERS_SERVING"
 _CHECKOUT = Path(__file__).resolve().parents[2]
 
 
@@ -64,10 +66,26 @@ def importable(method: str) -> bool:
     return importlib.util.find_spec(PEERS[method].package) is not None
 
 
+class PeerEnvironmentError(RuntimeError):
+    """The peers' environment could not run a job (its output attached)."""
+
+
 def remote(method: str) -> bool:
     """Whether ``method`` must run in the peers' environment (a peer whose package this
-    environment lacks)."""
-    return method in PEERS and not importable(method)
+    environment lacks).
+
+    Raises:
+        PeerEnvironmentError: this is the peers' environment and it lacks the package.
+    """
+    if method not in PEERS or importable(method):
+        return False
+    if os.environ.get(_SERVING_ENV):
+        raise PeerEnvironmentError(
+            f"The peers' environment ({sys.executable}) lacks {PEERS[method].requirement} "
+            f"for {method!r}: build it with `make peers`, or point ${PEERS_PYTHON_ENV} at a "
+            "Python that has it."
+        )
+    return True
 
 
 def peers_python() -> Path:
@@ -93,8 +111,8 @@ def run_remote(jobs: list[Job]) -> list[tuple[Job, tuple[Any, ...]]]:
 
     Raises:
         FileNotFoundError: no peers' environment (``peers_python``).
-        RuntimeError: the run failed there (its last output attached), or the environments'
-            Optuna versions differ.
+        PeerEnvironmentError: the run failed there (its last output attached), or the
+            environments' Optuna versions differ.
     """
     python = peers_python()
     with tempfile.TemporaryDirectory(prefix="autopipe-peers-") as folder:
@@ -102,14 +120,14 @@ def run_remote(jobs: list[Job]) -> list[tuple[Job, tuple[Any, ...]]]:
         request.write_bytes(pickle.dumps((optuna.__version__, jobs)))
         done = subprocess.run(
             [str(python), "-m", "optuna_autopipe.bench.peer_env", str(request), str(reply)],
-            env={**os.environ, "PYTHONHASHSEED": "0"},
+            env={**os.environ, "PYTHONHASHSEED": "0", _SERVING_ENV: "1"},
             capture_output=True,
             text=True,
             check=False,
         )
         if done.returncode != 0:
             names = sorted({f"{job.method} on {job.dataset}" for job in jobs})
-            raise RuntimeError(
+            raise PeerEnvironmentError(
                 f"The peers' environment ({python}) failed running {names} "
                 f"(exit {done.returncode}):\n{done.stderr[-3000:]}"
             )
@@ -122,7 +140,7 @@ def _serve(request: Path, reply: Path) -> None:
 
     version, jobs = pickle.loads(request.read_bytes())
     if version != optuna.__version__:
-        raise RuntimeError(
+        raise PeerEnvironmentError(
             f"Optuna {optuna.__version__} in the peers' environment, {version} in the "
             "harness's: rebuild it with `make peers`."
         )
