@@ -13,7 +13,7 @@
     autopipe data download --benchmark {nmt,lcbench} --data-dir DIR
     autopipe worker --storage URL --study NAME --objective MODULE:CALLABLE [--prior DIR] \
         [--dataset-profile FILE] [--n-trials N] [--max-trials N] [--heartbeat-interval S]
-    autopipe recommend --storage URL --study NAME [--prior DIR] [--enqueue]
+    autopipe recommend --storage URL --study NAME [--prior DIR] [--enqueue [--retry-failed]]
 """
 
 from __future__ import annotations
@@ -210,6 +210,11 @@ def _parser() -> argparse.ArgumentParser:
         "--enqueue",
         action="store_true",
         help="enqueue its full-fidelity verification run (not when one exists)",
+    )
+    recommend.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --enqueue: enqueue it even though a verification of it failed",
     )
     return parser
 
@@ -412,7 +417,15 @@ def _worker(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     from optuna_autopipe.recommend import recommend_main
 
-    print(recommend_main(args.storage, args.study, prior_dir=args.prior, enqueue=args.enqueue))
+    print(
+        recommend_main(
+            args.storage,
+            args.study,
+            prior_dir=args.prior,
+            enqueue=args.enqueue,
+            retry_failed=args.retry_failed,
+        )
+    )
     return 0
 
 

@@ -58,7 +58,12 @@ _JOURNAL_HINT = "a path is read as an Optuna journal file; an SQLite database is
 
 
 def recommend_main(
-    storage_url: str, study_name: str, *, prior_dir: str | None = None, enqueue: bool = False
+    storage_url: str,
+    study_name: str,
+    *,
+    prior_dir: str | None = None,
+    enqueue: bool = False,
+    retry_failed: bool = False,
 ) -> str:
     """``autopipe recommend``: the report (``report``), after enqueuing the verification
     (``enqueue_verification``) when ``enqueue``; raises the errors of ``open_study``,
@@ -67,7 +72,7 @@ def recommend_main(
     where = f"Study {study_name!r} in storage {shown_url(storage_url)}"
     prior = load_prior(prior_dir, where=where) if prior_dir else None
     rec = recommend(study, prior=prior, where=where)
-    done = enqueue_verification(study, rec.params) if enqueue else None
+    done = enqueue_verification(study, rec.params, retry_failed=retry_failed) if enqueue else None
     text = report(study, rec, storage_url=storage_url, prior_dir=prior_dir)
     return text if done is None else f"{text}\n\n{done}"
 
@@ -168,6 +173,15 @@ def recommend(study: optuna.Study, *, prior: Prior | None, where: str) -> Recomm
     Raises ``ValueError`` when no trial gives an observation (no full-fidelity value, no
     readable early stop), saying what the study holds and what is missing.
     """
+    if prior is not None and prior.ranker.encoder is not None:
+        fitted = set(prior.ranker.encoder.space)
+        used = {name for t in study.get_trials(deepcopy=False) for name in t.distributions}
+        if used and not used <= fitted:
+            raise ValueError(
+                f"{where}: the prior was fitted on parameters {sorted(fitted)}, and the study "
+                f"has {sorted(used - fitted)} besides: it is not this study's prior (pass the "
+                "one it ran with, or none)."
+            )
     # recommend()'s default rule never scores the prior, so the dataset's features are not
     # needed; NaN stands for each one the prior's ranker could read.
     features = dict.fromkeys(prior.ranker.dataset_features, math.nan) if prior else None
@@ -208,16 +222,29 @@ def recommend(study: optuna.Study, *, prior: Prior | None, where: str) -> Recomm
     return Recommendation(params=params, sampler=sampler, notes=tuple(notes))
 
 
-def enqueue_verification(study: optuna.Study, params: Mapping[str, Any]) -> str:
+def enqueue_verification(
+    study: optuna.Study, params: Mapping[str, Any], *, retry_failed: bool = False
+) -> str:
     """Enqueue one full-fidelity run of ``params`` with ``early_stop.verify`` unless the
-    study already holds one (verified, or a verification waiting or running); what was done,
-    as a sentence."""
+    study already holds one (verified, or a verification waiting or running) or, unless
+    ``retry_failed``, a verification of it failed; what was done, as a sentence."""
     pending = [t for t in _holding(study.get_trials(deepcopy=False), params) if _is_pending(t)]
     if pending:
         t = pending[0]
         return (
             f"Not enqueued: trial {t.number} ({t.state.name}) already verifies this "
             "configuration; run it with the study's objective."
+        )
+    failed = [
+        t
+        for t in _holding(study.get_trials(deepcopy=False), params)
+        if t.state == TrialState.FAIL and PROMOTED_FROM_ATTR in t.user_attrs
+    ]
+    if failed and not retry_failed:
+        return (
+            f"Not enqueued: trial {failed[-1].number} verifying this configuration FAILED and "
+            "it would likely fail again (its user attrs may say why). Fix the cause, then "
+            "enqueue with --retry-failed."
         )
     done = verify(study, params)
     if done is not None:

@@ -18,7 +18,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from optuna_autopipe.cli import main
-from optuna_autopipe.corpus import Corpus
+from optuna_autopipe.corpus import Corpus, DatasetRuns
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 from optuna_autopipe.early_stop import (
     FRACTION_ATTR,
@@ -337,3 +337,46 @@ def test_a_prior_that_does_not_load_names_the_study_the_storage_and_the_director
     code, _, err = _run(capsys, "--storage", url, "--study", "s", "--prior", str(given))
     assert code == 2
     assert f"Study 's' in storage {url}: --prior {given}" in err and says in err
+
+
+def test_a_failed_verification_is_not_enqueued_again_unless_asked(prior, tmp_path, capsys):
+    fitted, prior_dir = prior
+    url, storage = _storage(tmp_path, "sqlite")
+    study, _ = _early_stopped(fitted, storage)
+    argv = ("--storage", url, "--study", "sft", "--prior", str(prior_dir), "--enqueue")
+    assert _run(capsys, *argv)[0] == 0
+    verification = study.ask()  # a worker takes it, and the run fails (out of memory, say)
+    study.tell(verification, state=TrialState.FAIL)
+
+    code, out, _ = _run(capsys, *argv)
+    assert code == 0 and len(study.trials) == 7
+    assert f"Not enqueued: trial {verification.number} verifying this configuration FAILED" in out
+    code, out, _ = _run(capsys, *argv, "--retry-failed")
+    assert code == 0 and len(study.trials) == 8
+    assert "Enqueued trial 7 (WAITING) to verify it" in out
+
+
+def test_a_prior_fitted_on_other_parameters_is_refused(tmp_path, capsys):
+    other = {"lr": FloatDistribution(1e-4, 1e-2, log=True), "w": FloatDistribution(0.0, 1.0)}
+    corpus = Corpus(
+        other,
+        [
+            DatasetRuns(
+                f"d{i}",
+                "maximize",
+                {"size": float(i)},
+                [{"lr": 10 ** -(2 + j / 10), "w": j / 20} for j in range(20)],
+                np.arange(20.0) * (i + 1),
+            )
+            for i in range(3)
+        ],
+    )
+    fit_prior(corpus, grid=[TreeParams(n_estimators=20)], n_models=1).save(tmp_path / "other")
+    fitted_url, storage = _storage(tmp_path, "journal")
+    study = optuna.create_study(study_name="sft", storage=storage, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("w", 0, 1), n_trials=2)
+    code, _, err = _run(
+        capsys, "--storage", fitted_url, "--study", "sft", "--prior", str(tmp_path / "other")
+    )
+    assert code == 2
+    assert "the prior was fitted on parameters ['lr', 'w'], and the study has ['x']" in err
