@@ -133,7 +133,8 @@ def test_studies_of_an_earlier_method_revision_are_refused_not_reused(small_run,
     summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     assert summaries["nmt/ted-ru-en/tpe/seed0"].user_attrs["bench"]["revision"] == 1
     monkeypatch.setitem(REVISIONS, "tpe", 2)  # as if tpe's defaults had changed
-    stale = r"(?s)4 finished studies .*tpe/seed0: revision 1, 'tpe' is at 2.* new --storage"
+    stale = r"(?s)4 finished studies .*tpe/seed0: revision 1, 'tpe' is at revision 2\n"
+    stale += ".* new --storage"
     with pytest.raises(ValueError, match=stale):
         run_bench(spec)
     after = optuna.get_all_study_summaries(storage)

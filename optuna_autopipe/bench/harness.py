@@ -160,8 +160,7 @@ def _finished(storage: optuna.storages.BaseStorage, jobs: list[Job]) -> set[str]
             stale.append((summary.study_name, method, stored, now))
     if stale:
         listed = "\n".join(
-            f"  {name}: revision {stored[0]} {stored[1] or ''}, {method!r} is at revision "
-            f"{now[0]} {now[1] or ''}"
+            f"  {name}: {_describe(stored)}, {method!r} is at {_describe(now)}"
             for name, method, stored, now in stale[:10]
         )
         more = f"\n  ... and {len(stale) - 10} more" if len(stale) > 10 else ""
@@ -173,6 +172,12 @@ def _finished(storage: optuna.storages.BaseStorage, jobs: list[Job]) -> set[str]
             "studies (optuna delete-study --study-name NAME --storage URL) to rerun them."
         )
     return done
+
+
+def _describe(version: tuple[int, dict]) -> str:
+    """``revision R`` of a method, with its outside settings when it has any."""
+    revision, settings = version
+    return f"revision {revision}" + (f" with settings {settings}" if settings else "")
 
 
 @contextlib.contextmanager
