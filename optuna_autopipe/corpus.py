@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
-from optuna.trial import TrialState
 
 from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
+from optuna_autopipe.early_stop import full_fidelity_result
 from optuna_autopipe.profile import PROFILE_ATTR
 from optuna_autopipe.space import union_space
 
@@ -209,13 +209,7 @@ class Corpus:
                 raise ValueError(f"Study {name!r} not found in the storage.") from exc
             if len(study.directions) != 1:
                 raise ValueError(f"Study {name!r} is multi-objective; a corpus needs one score.")
-            runs = [
-                t
-                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if float(t.user_attrs.get("fidelity", 1.0)) >= 1.0
-                and t.value is not None
-                and math.isfinite(t.value)
-            ]
+            runs = [t for t in study.get_trials(deepcopy=False) if full_fidelity_result(t)]
             skipped = len(study.trials) - len(runs)
             if skipped:
                 _logger.info(

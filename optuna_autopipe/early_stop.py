@@ -342,24 +342,34 @@ def verify(study: optuna.Study, params: Mapping[str, Any]) -> optuna.trial.Froze
     done = [
         (sign * t.value, t)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if _agrees(t, params)
-        and float(t.user_attrs.get("fidelity", 1.0)) >= 1.0
-        and t.value is not None
-        and math.isfinite(t.value)
+        if agrees(t, params) and full_fidelity_result(t)
     ]
     if done:
         return max(done, key=lambda pair: pair[0])[1]
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
-        if stopped_early(trial) and _agrees(trial, params):
+        if stopped_early(trial) and agrees(trial, params):
             promote(study, trial)
             return None
     study.enqueue_trial(dict(params), user_attrs={PROMOTED_FROM_ATTR: None}, skip_if_exists=False)
     return None
 
 
-def _agrees(trial: optuna.trial.FrozenTrial, params: Mapping[str, Any]) -> bool:
-    """Whether ``trial`` ran with every value of ``params``."""
-    return all(name in trial.params and trial.params[name] == v for name, v in params.items())
+def agrees(trial: optuna.trial.FrozenTrial, params: Mapping[str, Any]) -> bool:
+    """Whether ``trial`` ran, runs or will run with every value of ``params`` (a WAITING
+    trial's values are its enqueued fixed parameters)."""
+    values = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    return all(name in values and values[name] == v for name, v in params.items())
+
+
+def full_fidelity_result(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` is a full-fidelity result: COMPLETE, its ``fidelity`` user attr
+    absent or 1, with a finite value."""
+    return (
+        trial.state == optuna.trial.TrialState.COMPLETE
+        and float(trial.user_attrs.get("fidelity", 1.0)) >= 1.0
+        and trial.value is not None
+        and math.isfinite(trial.value)
+    )
 
 
 def resume_checkpoint(trial: optuna.trial.Trial) -> str | None:

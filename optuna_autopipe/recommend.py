@@ -42,6 +42,8 @@ from optuna_autopipe.early_stop import (
     PRIOR_SCORE_ATTR,
     PROMOTED_FROM_ATTR,
     STOP_STEP_ATTR,
+    agrees,
+    full_fidelity_result,
     proxy_of,
     stopped_early,
     verify,
@@ -53,7 +55,6 @@ from optuna_autopipe.sampler import AutoPipeSampler
 #: Full-fidelity results listed in the evidence (the best ones).
 _LISTED = 5
 _PENDING = (TrialState.WAITING, TrialState.RUNNING)
-_ABSENT = object()
 _JOURNAL_HINT = "a path is read as an Optuna journal file; an SQLite database is sqlite:///PATH"
 
 
@@ -228,7 +229,7 @@ def enqueue_verification(
     """Enqueue one full-fidelity run of ``params`` with ``early_stop.verify`` unless the
     study already holds one (verified, or a verification waiting or running) or, unless
     ``retry_failed``, a verification of it failed; what was done, as a sentence."""
-    pending = [t for t in _holding(study.get_trials(deepcopy=False), params) if _is_pending(t)]
+    pending = [t for t in study.get_trials(deepcopy=False) if agrees(t, params) and _is_pending(t)]
     if pending:
         t = pending[0]
         return (
@@ -237,8 +238,8 @@ def enqueue_verification(
         )
     failed = [
         t
-        for t in _holding(study.get_trials(deepcopy=False), params)
-        if t.state == TrialState.FAIL and PROMOTED_FROM_ATTR in t.user_attrs
+        for t in study.get_trials(deepcopy=False)
+        if agrees(t, params) and t.state == TrialState.FAIL and PROMOTED_FROM_ATTR in t.user_attrs
     ]
     if failed and not retry_failed:
         return (
@@ -253,7 +254,7 @@ def enqueue_verification(
             f"fidelity (value {done.value:.6g})."
         )
     new = max(
-        (t for t in _holding(study.get_trials(deepcopy=False), params) if _is_pending(t)),
+        (t for t in study.get_trials(deepcopy=False) if agrees(t, params) and _is_pending(t)),
         key=lambda t: t.number,
     )
     origin = new.user_attrs[PROMOTED_FROM_ATTR]
@@ -284,7 +285,7 @@ def report(
     """The recommendation, its evidence and how to verify it, as printed by the command."""
     trials = study.get_trials(deepcopy=False)
     prior = rec.sampler.prior
-    mine = _holding(trials, rec.params)
+    mine = [t for t in trials if agrees(t, rec.params)]
     lines = [
         f"Study {study.study_name!r} in {shown_url(storage_url)} "
         f"({study.direction.name.lower()}), read with "
@@ -295,7 +296,7 @@ def report(
         "Evidence:",
         f"  {_counts_text(trials)}",
     ]
-    full = sorted(_full_results(mine), key=lambda t: _better(study, t))
+    full = sorted([t for t in mine if full_fidelity_result(t)], key=lambda t: _better(study, t))
     if full:
         best = full[0]
         lines.append(
@@ -319,7 +320,9 @@ def report(
             f"  the prior's weight λ at trial {last.number}: "
             f"{last.user_attrs['autopipe:lambda']:.3g}"
         )
-    verified = sorted(_full_results(trials), key=lambda t: _better(study, t))
+    verified = sorted(
+        [t for t in trials if full_fidelity_result(t)], key=lambda t: _better(study, t)
+    )
     if verified:
         lines.append("  full-fidelity results, best first:")
         for t in verified[:_LISTED]:
@@ -400,7 +403,7 @@ def _early_stop_text(trial: FrozenTrial, prior: Prior | None, ranking: Sequence[
 
 def _counts_text(trials: Sequence[FrozenTrial]) -> str:
     """The study's trials by kind, promotions by state."""
-    full = len(_full_results(trials))
+    full = sum(full_fidelity_result(t) for t in trials)
     kinds = {
         "early-stopped": sum(stopped_early(t) for t in trials),
         "full-fidelity": full,
@@ -426,18 +429,6 @@ def _counts_text(trials: Sequence[FrozenTrial]) -> str:
     )
 
 
-def _full_results(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """COMPLETE trials at full fidelity with a finite value (what ``verify`` accepts)."""
-    return [
-        t
-        for t in trials
-        if t.state == TrialState.COMPLETE
-        and float(t.user_attrs.get("fidelity", 1.0)) >= 1.0
-        and t.value is not None
-        and math.isfinite(t.value)
-    ]
-
-
 def _better(study: optuna.Study, trial: FrozenTrial) -> float:
     """A sort key, best first, of a trial with a value."""
     assert trial.value is not None
@@ -450,19 +441,6 @@ def _origin(trial: FrozenTrial) -> str:
         return ""
     origin = trial.user_attrs[PROMOTED_FROM_ATTR]
     return " (a fresh verification run)" if origin is None else f" (promoted from trial {origin})"
-
-
-def _holding(trials: Sequence[FrozenTrial], params: Mapping[str, Any]) -> list[FrozenTrial]:
-    """The trials that ran, run or will run with every value of ``params`` (an enqueued
-    trial's values are its fixed parameters)."""
-    return [
-        t
-        for t in trials
-        if all(
-            {**t.system_attrs.get("fixed_params", {}), **t.params}.get(n, _ABSENT) == v
-            for n, v in params.items()
-        )
-    ]
 
 
 def _sampled_with_prior(trials: Sequence[FrozenTrial]) -> bool:
