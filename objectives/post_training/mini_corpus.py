@@ -178,18 +178,24 @@ def config_key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
+def seed_studies(storage: optuna.storages.BaseStorage, study: str) -> list[str]:
+    """Main study ``study`` and the studies of its other training seeds (``study`` +
+    ``SEED_MARK`` + j) that ``storage`` holds, in seed order."""
+    others = [
+        s.study_name
+        for s in storage.get_all_studies()
+        if s.study_name.startswith(study + SEED_MARK)
+    ]
+    return [study, *sorted(others, key=seed_index)]
+
+
 def seeded_runs(
     storage: optuna.storages.BaseStorage, study: str
 ) -> dict[str, list[optuna.trial.FrozenTrial]]:
     """The COMPLETE runs of main study ``study`` and of its other training seeds' studies
-    (``study`` + ``SEED_MARK`` + j), per configuration (``config_key``), the main run first."""
-    names = sorted(
-        s.study_name
-        for s in storage.get_all_studies()
-        if s.study_name.startswith(study + SEED_MARK)
-    )
+    (``seed_studies``), per configuration (``config_key``), the main run first."""
     runs: dict[str, list[optuna.trial.FrozenTrial]] = {}
-    for name in (study, *names):
+    for name in seed_studies(storage, study):
         loaded = optuna.load_study(study_name=name, storage=storage)
         for trial in loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             runs.setdefault(config_key(trial.params), []).append(trial)
@@ -466,10 +472,7 @@ def run_record(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) ->
     """Counts and times over every run of ``datasets`` in the journal, every training seed
     (all calls of a resumed generation; ``runs_failed``: pipeline failures, not runs a stopped
     generation lost; ``runs_complete_by_seed``: per training seed index)."""
-    mains = {study_name(d) for d in datasets}
-    studies = [
-        s.study_name for s in storage.get_all_studies() if s.study_name.split(SEED_MARK)[0] in mains
-    ]
+    studies = [name for d in datasets for name in seed_studies(storage, study_name(d))]
     trials = {
         name: [
             t
