@@ -16,11 +16,21 @@ from optuna_autopipe.bench.methods import get_method, method_revision
 DATASET = "ted-ru-en"
 
 
-def _job(tmp_path, method: str, seed: int = 0, budget: int = 3) -> Job:
-    spec = BenchSpec(
-        benchmark="nmt", methods=(method,), out=tmp_path, budget=budget, seeds=1, workers=1
+def _spec(tmp_path, methods: tuple[str, ...], budget: int = 2) -> BenchSpec:
+    """One seed of ``methods`` on NMT's ``DATASET``, one worker."""
+    return BenchSpec(
+        benchmark="nmt",
+        methods=methods,
+        out=tmp_path,
+        budget=budget,
+        seeds=1,
+        datasets=(DATASET,),
+        workers=1,
     )
-    return Job(spec, DATASET, method, seed)
+
+
+def _job(tmp_path, method: str, seed: int = 0, budget: int = 3) -> Job:
+    return Job(_spec(tmp_path, (method,), budget), DATASET, method, seed)
 
 
 def test_a_job_sent_to_the_peers_environment_comes_back_as_if_run_here(tmp_path, monkeypatch):
@@ -37,7 +47,7 @@ def test_a_peer_without_its_environment_names_make_peers(tmp_path, monkeypatch):
     if peer_env.importable("mobster"):
         pytest.skip("syne_tune is importable here: this is the peers' environment")
     monkeypatch.setenv(peer_env.PEERS_PYTHON_ENV, str(tmp_path / "no-such-python"))
-    spec = BenchSpec(benchmark="nmt", methods=("mobster",), out=tmp_path, datasets=(DATASET,))
+    spec = _spec(tmp_path, ("mobster",))
     with pytest.raises(FileNotFoundError, match=r"make peers"):
         run_bench(spec)
     with pytest.raises(ValueError, match=r"syne-tune\[gpsearchers\]==0.13.0.*make peers"):
@@ -196,15 +206,7 @@ def test_the_bench_runs_a_peer_beside_the_projects_methods_into_one_storage(tmp_
     import pandas as pd
 
     _peers_environment()
-    spec = BenchSpec(
-        benchmark="nmt",
-        methods=("random", "dehb"),
-        out=tmp_path,
-        budget=2,
-        seeds=1,
-        datasets=(DATASET,),
-        workers=1,
-    )
+    spec = _spec(tmp_path, ("random", "dehb"))
     table = pd.read_csv(run_bench(spec).results)
     assert sorted(table.method) == ["dehb", "random"]
     stored = optuna.load_study(study_name=f"nmt/{DATASET}/dehb/seed0", storage=spec.storage_url)
@@ -248,15 +250,7 @@ def test_a_peers_python_without_the_peer_fails_that_study_and_keeps_the_others(
     # the main environment named as the peers' one: it lacks DEHB and must say so, not send
     # the job on to itself
     monkeypatch.setenv(peer_env.PEERS_PYTHON_ENV, sys.executable)
-    spec = BenchSpec(
-        benchmark="nmt",
-        methods=("random", "dehb"),
-        out=tmp_path,
-        budget=2,
-        seeds=1,
-        datasets=(DATASET,),
-        workers=1,
-    )
+    spec = _spec(tmp_path, ("random", "dehb"))
     with pytest.raises(StudiesFailed, match=r"(?s)dehb/seed0: PeerEnvironmentError.*lacks dehb"):
         run_bench(spec)
     stored = optuna.get_all_study_summaries(spec.storage_url)
