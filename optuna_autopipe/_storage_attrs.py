@@ -4,6 +4,10 @@
   ``FrozenTrial`` objects, which have no public setter; the sampler's explanation (s(x), μ,
   σ, λ, κ, b, acquisition) and its claim on a configuration must land on the trial while it
   runs, so they go through the study's storage.
+- A live ``optuna.Trial`` for a sampler's ``FrozenTrial``, for APIs that take one (optuna-
+  dashboard's ``save_note``/``get_note``): the public constructor with the frozen trial's
+  private ``_trial_id``. The constructor also calls the study's ``sampler.before_trial``,
+  a no-op for ``AutoPipeSampler``.
 - The values a ``PartialFixedSampler`` wrapping the sampler fixes: it removes them from the
   relative search space without saying what they are, and the sampler must choose among
   configurations that agree with them.
@@ -23,6 +27,10 @@ def set_trial_user_attrs(
     storage = study._storage
     for key, value in attrs.items():
         storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def live_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> optuna.Trial:
+    return optuna.Trial(study, trial._trial_id)
 
 
 def wrapper_fixed_params(study: optuna.Study) -> dict[str, Any]:

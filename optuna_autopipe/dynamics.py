@@ -26,6 +26,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,27 @@ class TrainingDynamics:
             metrics[name] = [[_plain(s), _plain(v)] for s, v in series]
         document = {"total_steps": self.total_steps, "metrics": metrics}
         return json.dumps(document, separators=(",", ":"), allow_nan=False)
+
+    def save_plot(self, path: str | Path, *, stop_step: float | None = None) -> None:
+        """A PNG of every metric against the step, one panel each (at most 12, in name
+        order), the early stop marked; matplotlib's ``Figure`` without pyplot, so no display
+        or global state is touched."""
+        from matplotlib.figure import Figure
+
+        names = sorted(self.metrics)[:12]
+        columns = min(3, max(1, len(names)))
+        rows = max(1, math.ceil(len(names) / columns))
+        figure = Figure(figsize=(4 * columns, 2.6 * rows), layout="constrained")
+        for i, name in enumerate(names):
+            axes = figure.add_subplot(rows, columns, i + 1)
+            steps, values = zip(*self.metrics[name], strict=True)
+            axes.plot(steps, values, marker="." if len(steps) < 50 else None)
+            if stop_step is not None:
+                axes.axvline(stop_step, color="grey", linestyle="--", label="early stop")
+            axes.set_title(name)
+            axes.set_xlim(0, self.total_steps)
+            axes.set_xlabel("step")
+        figure.savefig(path, dpi=90)
 
     @classmethod
     def from_json(

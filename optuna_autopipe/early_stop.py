@@ -31,7 +31,11 @@ What lands on the trial (user attrs, so any storage and optuna-dashboard show th
 - after an early stop with a ``regressor``: ``autopipe:proxy`` and ``autopipe:proxy_variance``
   (and ``autopipe:residual`` for a residual regressor; its proxy is s(x) + r̂, where s(x) is
   the trial's ``autopipe:prior_score`` attr written by ``AutoPipeSampler``; without it only
-  the residual is recorded); ``autopipe:checkpoint`` when the trainer saved one.
+  the residual is recorded); ``autopipe:checkpoint`` when the trainer saved one;
+- after an early stop, the trial's optuna-dashboard note: what the stop observed and how it
+  ranks among the study's early stops (``notes.py``);
+- with ``artifact_store``, the trial's artifacts ``dynamics.json`` (every point, where the
+  attr keeps at most ``max_points`` per metric) and ``dynamics.png`` (each metric's curve).
 
 Fidelity is explicit: ``finish()`` raises ``optuna.TrialPruned`` after an early stop, so the
 trial ends PRUNED. No sampler takes a PRUNED trial for a full-fidelity result, ``Corpus``
@@ -48,7 +52,9 @@ from __future__ import annotations
 import logging
 import math
 import re
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -102,6 +108,10 @@ class AutoPipeEarlyStop:
             for one truly unknown).
         max_points: at most this many points per metric are stored (evenly thinned).
         checkpoint: let a trainer save a checkpoint at the stop (for promotion).
+        artifact_store: an Optuna artifact store (``optuna.artifacts.FileSystemArtifactStore``,
+            ``Boto3ArtifactStore``, ...): when given, the run's full dynamics (``dynamics.json``,
+            not thinned) and a plot of every metric (``dynamics.png``) are uploaded as the
+            trial's artifacts when it ends, shown by ``optuna-dashboard --artifact-dir DIR``.
 
     Raises ``ValueError`` for a fraction outside (0, 1], a regressor trained at another
     fraction, or a ``dataset`` lacking features the regressor reads (naming them).
@@ -118,6 +128,7 @@ class AutoPipeEarlyStop:
         dataset: DatasetProfile | Mapping[str, float] | None = None,
         max_points: int = 2000,
         checkpoint: bool = True,
+        artifact_store: Any = None,
     ) -> None:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}.")
@@ -148,6 +159,7 @@ class AutoPipeEarlyStop:
         self.regressor = regressor
         self.max_points = max_points
         self.checkpoint = checkpoint
+        self.artifact_store = artifact_store
         self.dynamics: TrainingDynamics | None = None
         self.stopped_early = False
         self.pruned = False
@@ -233,11 +245,37 @@ class AutoPipeEarlyStop:
             fidelity = reached / dynamics.total_steps if partial else 1.0
         trial.set_user_attr(DYNAMICS_ATTR, dynamics.to_json(max_points=self.max_points))
         trial.set_user_attr("fidelity", fidelity)
+        if self.artifact_store is not None:
+            self._upload_dynamics()
         if self.stopped_early:
             trial.set_user_attr(STOP_STEP_ATTR, self.stop_step)
             trial.set_user_attr(FRACTION_ATTR, self.fraction)
             if self.regressor is not None and not self.pruned:
                 self._write_proxy()
+            self._write_note()
+
+    def _upload_dynamics(self) -> None:
+        """The full dynamics and their plot as the trial's artifacts (``artifact_store``)."""
+        assert self.dynamics is not None
+        with tempfile.TemporaryDirectory() as folder:
+            record, plot = Path(folder) / "dynamics.json", Path(folder) / "dynamics.png"
+            record.write_text(self.dynamics.to_json(), encoding="utf-8")
+            self.dynamics.save_plot(plot, stop_step=self.stop_step if self.stopped_early else None)
+            for path in (record, plot):
+                optuna.artifacts.upload_artifact(
+                    artifact_store=self.artifact_store,
+                    file_path=str(path),
+                    study_or_trial=self.trial,
+                )
+
+    def _write_note(self) -> None:
+        """The trial's dashboard note with what the early stop observed (``notes.py``)."""
+        from optuna_autopipe import notes  # notes reads this module's attrs: imported late
+
+        trials = self.trial.study.get_trials(deepcopy=False)
+        frozen = next(t for t in trials if t.number == self.trial.number)
+        body = notes.trial_note(frozen, trials, self.trial.study.direction)
+        notes.save(self.trial.study, self.trial, body)
 
     def _write_proxy(self) -> None:
         assert self.regressor is not None

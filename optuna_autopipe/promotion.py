@@ -18,13 +18,19 @@ Cost with the replays' defaults (15 trials stopped at 25%, ``n = 3`` resumed): 1
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 from scipy.stats import spearmanr
 
 from optuna_autopipe.early_stop import PROMOTED_FROM_ATTR, promote
-from optuna_autopipe.sampler import AutoPipeSampler
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from optuna_autopipe.sampler import AutoPipeSampler
 
 
 def promote_best(
@@ -60,11 +66,21 @@ def signal_agreement(study: optuna.Study, sampler: AutoPipeSampler) -> float:
     and their full-fidelity values (oriented so that 1 means the signal ordered them right;
     NaN under 3 promoted runs or when it is undefined)."""
     ranking = [t.number for t in sampler.early_stop_ranking(study, include_verified=True)]
-    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    return agreement(ranking, study.get_trials(deepcopy=False), study.direction)
+
+
+def agreement(
+    ranking: Sequence[int], trials: Sequence[FrozenTrial], direction: optuna.study.StudyDirection
+) -> float:
+    """``signal_agreement`` from ``ranking`` (the early-stopped trials' numbers by the early
+    signal, best first) and the study's ``trials``."""
+    sign = 1.0 if direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
     pairs = [
-        (ranking.index(t.user_attrs[PROMOTED_FROM_ATTR]), sign * t.value)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get(PROMOTED_FROM_ATTR) in ranking and t.value is not None
+        (list(ranking).index(t.user_attrs[PROMOTED_FROM_ATTR]), sign * t.value)
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and t.user_attrs.get(PROMOTED_FROM_ATTR) in ranking
+        and t.value is not None
     ]
     # constant values (every promoted run scored the same) leave the correlation undefined
     if len(pairs) < 3 or len({v for _, v in pairs}) < 2:

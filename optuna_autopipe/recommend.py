@@ -19,11 +19,10 @@ journal file. Neither is created when missing, and a password in a URL is never 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shlex
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,19 +34,16 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics
 from optuna_autopipe.early_stop import (
     CHECKPOINT_ATTR,
-    FRACTION_ATTR,
-    PRIOR_SCORE_ATTR,
     PROMOTED_FROM_ATTR,
-    STOP_STEP_ATTR,
     agrees,
     full_fidelity_result,
     proxy_of,
     stopped_early,
     verify,
 )
+from optuna_autopipe.notes import better, counts, evidence, sampled_with_prior
 from optuna_autopipe.prior import Prior
 from optuna_autopipe.promotion import signal_agreement
 from optuna_autopipe.sampler import AutoPipeSampler
@@ -202,7 +198,7 @@ def recommend(study: optuna.Study, *, prior: Prior | None, where: str) -> Recomm
             f"{len(blind)} of {len(early)} early stops record no proxy: without --prior they "
             "count for nothing; the prior's score at the cut reads them (--prior DIR)."
         )
-    elif prior is None and early and _sampled_with_prior(trials):
+    elif prior is None and early and sampled_with_prior(trials):
         notes.append(
             "The study was sampled with a prior (its trials record s(x)); without --prior "
             "its early stops are read by their proxies, where the sampler may have read them "
@@ -217,7 +213,7 @@ def recommend(study: optuna.Study, *, prior: Prior | None, where: str) -> Recomm
             if blind and prior is None:
                 missing += " (their score at the cut needs --prior DIR)"
             raise ValueError(
-                f"{where}: nothing to recommend: {missing}; it holds {_counts_text(trials)}."
+                f"{where}: nothing to recommend: {missing}; it holds {counts(trials)}."
             ) from exc
     notes.extend(str(w.message) for w in caught)
     return Recommendation(params=params, sampler=sampler, notes=tuple(notes))
@@ -294,47 +290,20 @@ def report(
         f"Recommended configuration: {rec.params!r}",
         "",
         "Evidence:",
-        f"  {_counts_text(trials)}",
     ]
-    full = sorted([t for t in mine if full_fidelity_result(t)], key=lambda t: _better(study, t))
-    if full:
-        best = full[0]
-        lines.append(
-            f"  verified: trial {best.number} ran it at full fidelity, value {best.value:.6g}"
-            + _origin(best)
-        )
-    else:
-        lines.append("  not verified: no full-fidelity result of it yet")
+    full = sorted([t for t in mine if full_fidelity_result(t)], key=lambda t: better(study, t))
     ranking = [t.number for t in rec.sampler.early_stop_ranking(study, include_verified=True)]
-    lines += ["  " + _early_stop_text(t, prior, ranking) for t in mine if stopped_early(t)]
-    scored = [t for t in mine if PRIOR_SCORE_ATTR in t.user_attrs]
-    if scored and _sampled_with_prior(trials):
-        lines.append(
-            f"  prior score s(x) the sampler recorded (trial {scored[0].number}): "
-            f"{scored[0].user_attrs[PRIOR_SCORE_ATTR]:.3g}"
+    lines += [
+        f"  {line}"
+        for line in evidence(
+            study,
+            trials,
+            rec.params,
+            prior=prior,
+            ranking=ranking,
+            agreement=signal_agreement(study, rec.sampler),
         )
-    lambdas = [t for t in trials if "autopipe:lambda" in t.user_attrs]
-    if lambdas and _sampled_with_prior(trials):
-        last = lambdas[-1]
-        lines.append(
-            f"  the prior's weight λ at trial {last.number}: "
-            f"{last.user_attrs['autopipe:lambda']:.3g}"
-        )
-    verified = sorted(
-        [t for t in trials if full_fidelity_result(t)], key=lambda t: _better(study, t)
-    )
-    if verified:
-        lines.append("  full-fidelity results, best first:")
-        for t in verified[:_LISTED]:
-            lines.append(f"    trial {t.number}: {t.value:.6g} {t.params!r}{_origin(t)}")
-        if len(verified) > _LISTED:
-            lines.append(f"    ... and {len(verified) - _LISTED} more")
-    agreement = signal_agreement(study, rec.sampler)
-    if math.isfinite(agreement):
-        lines.append(
-            f"  the early-stop signal's order of the promoted runs vs their full values: "
-            f"Spearman {agreement:.2f}"
-        )
+    ]
     lines.extend(f"  note: {note}" for note in rec.notes)
     lines += ["", "Verify it:"]
     pending = [t for t in mine if _is_pending(t)]
@@ -370,82 +339,6 @@ def _snippet(storage_url: str, study_name: str, params: Mapping[str, Any]) -> li
         "    study.optimize(objective, n_trials=1)",
     ]
     return lines
-
-
-def _early_stop_text(trial: FrozenTrial, prior: Prior | None, ranking: Sequence[int]) -> str:
-    """One early stop of the recommended configuration: where it stopped, its proxy, its
-    score at the cut (with a prior) and its rank by the sampler's early-stop signal."""
-    attrs = trial.user_attrs
-    fraction = attrs.get(FRACTION_ATTR)
-    parts = [
-        f"early stop: trial {trial.number}, stopped at step {attrs[STOP_STEP_ATTR]}"
-        + (f" ({fraction:.0%} of training)" if fraction is not None else "")
-    ]
-    proxy = proxy_of(trial)
-    parts.append("no proxy" if proxy is None else f"proxy {proxy[0]:.3g} ± {proxy[1] ** 0.5:.2g}")
-    regressor = None
-    if prior is not None and fraction is not None:
-        with contextlib.suppress(ValueError):  # a fraction the prior serves no regressor for
-            regressor = prior.regressor_for(fraction)
-    dynamics = attrs.get(DYNAMICS_ATTR)
-    if regressor is not None and regressor.cut is not None and isinstance(dynamics, str):
-        cut = regressor.cut
-        value = cut.sign * cut.value(TrainingDynamics.from_json(dynamics), fraction=fraction)
-        parts.append(
-            f"{cut.feature} at the cut {value:.4g} ({'higher' if cut.sign > 0 else 'lower'} "
-            f"is better; the prior reads early stops by "
-            f"{'it' if regressor.uses_cut else 'the proxy'})"
-        )
-    if trial.number in ranking:
-        parts.append(f"rank {ranking.index(trial.number) + 1} of {len(ranking)} early stops")
-    return ", ".join(parts)
-
-
-def _counts_text(trials: Sequence[FrozenTrial]) -> str:
-    """The study's trials by kind, promotions by state."""
-    full = sum(full_fidelity_result(t) for t in trials)
-    kinds = {
-        "early-stopped": sum(stopped_early(t) for t in trials),
-        "full-fidelity": full,
-        "failed": sum(t.state == TrialState.FAIL for t in trials),
-    }
-    others = {
-        "complete below full fidelity": sum(t.state == TrialState.COMPLETE for t in trials) - full,
-        "pruned by the pruner": sum(
-            t.state == TrialState.PRUNED and not stopped_early(t) for t in trials
-        ),
-        "running": sum(t.state == TrialState.RUNNING for t in trials),
-        "waiting": sum(t.state == TrialState.WAITING for t in trials),
-    }
-    kinds.update((kind, n) for kind, n in others.items() if n)
-    promoted = [t for t in trials if PROMOTED_FROM_ATTR in t.user_attrs]
-    states = sorted({t.state for t in promoted}, key=lambda s: s.value)
-    by_state = ", ".join(f"{sum(t.state == s for t in promoted)} {s.name.lower()}" for s in states)
-    return (
-        f"{len(trials)} trials: "
-        + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
-        + f"; promoted to full fidelity: {len(promoted)}"
-        + (f" ({by_state})" if promoted else "")
-    )
-
-
-def _better(study: optuna.Study, trial: FrozenTrial) -> float:
-    """A sort key, best first, of a trial with a value."""
-    assert trial.value is not None
-    return -trial.value if study.direction == optuna.study.StudyDirection.MAXIMIZE else trial.value
-
-
-def _origin(trial: FrozenTrial) -> str:
-    """Where a verification run came from, as a suffix ('' for any other trial)."""
-    if PROMOTED_FROM_ATTR not in trial.user_attrs:
-        return ""
-    origin = trial.user_attrs[PROMOTED_FROM_ATTR]
-    return " (a fresh verification run)" if origin is None else f" (promoted from trial {origin})"
-
-
-def _sampled_with_prior(trials: Sequence[FrozenTrial]) -> bool:
-    """Whether the sampler that ran the study had a prior (it recorded some s(x) ≠ 0)."""
-    return any(t.user_attrs.get(PRIOR_SCORE_ATTR, 0.0) != 0.0 for t in trials)
 
 
 def _is_pending(trial: FrozenTrial) -> bool:

@@ -58,6 +58,7 @@ configuration that ran when it is not the one chosen.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -75,6 +76,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from optuna_autopipe import notes
 from optuna_autopipe._storage_attrs import set_trial_user_attrs, wrapper_fixed_params
 from optuna_autopipe.acquisition import Schedule, best_first, offset, ucb
 from optuna_autopipe.calibration import PriorWeight
@@ -92,8 +94,10 @@ from optuna_autopipe.early_stop import (
     stopped_early,
 )
 from optuna_autopipe.failures import RUN_FAILED_ATTR, FailureRisk, failed_numbers
+from optuna_autopipe.notes import PHASE_ATTR
 from optuna_autopipe.prior import Prior
 from optuna_autopipe.profile import DatasetProfile
+from optuna_autopipe.promotion import agreement
 from optuna_autopipe.residual_gp import ResidualGP
 from optuna_autopipe.space import SpaceEncoder
 
@@ -113,7 +117,6 @@ EXPLANATION_ATTRS = (
     "autopipe:failure_risk",
     "autopipe:failures",
 )
-PHASE_ATTR = "autopipe:phase"
 _OCCUPIED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 #: Trials whose parameters show the study's search space.
 _SHOWN = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -404,15 +407,53 @@ class AutoPipeSampler(BaseSampler):
             set_trial_user_attrs(study, trial, {RUN_FAILED_ATTR: True})
         context = self._context.pop(trial.number, None)
         claim = trial.user_attrs.get(CLAIM_ATTR)
-        if context is None or claim is None:
-            return
-        ran = {n: trial.params.get(n) for n in json.loads(claim)}
-        if config_key(ran) == claim:
-            return
-        attrs = context.explain(ran, self._prior_scores([ran], context.base)[0])
-        if RESIDUAL_ATTR in trial.user_attrs:
-            attrs[PROXY_ATTR] = attrs[PRIOR_SCORE_ATTR] + trial.user_attrs[RESIDUAL_ATTR]
-        set_trial_user_attrs(study, trial, attrs)
+        ran = {n: trial.params.get(n) for n in json.loads(claim)} if claim else {}
+        if context is not None and claim is not None and config_key(ran) != claim:
+            attrs = context.explain(ran, self._prior_scores([ran], context.base)[0])
+            if RESIDUAL_ATTR in trial.user_attrs:
+                attrs[PROXY_ATTR] = attrs[PRIOR_SCORE_ATTR] + trial.user_attrs[RESIDUAL_ATTR]
+            set_trial_user_attrs(study, trial, attrs)
+            trial.user_attrs.update(attrs)
+        self._write_notes(study, trial, state, values)
+
+    def _write_notes(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        """The trial's note with its outcome, and the study note (``notes.py``), from the
+        study's trials with this one as it ends (the storage records its state after
+        ``after_trial``)."""
+        finished = copy.copy(trial)
+        finished.state = state
+        finished.values = values
+        trials = [
+            finished if t.number == trial.number else t for t in study.get_trials(deepcopy=False)
+        ]
+        ranking = [
+            t.number
+            for t in self._early_stop_ranking(trials, study.direction, include_verified=True)
+        ]
+        notes.save(
+            study, trial, notes.trial_note(finished, trials, study.direction, ranking=ranking)
+        )
+        try:
+            config = self._recommend(trials, study.direction, "proxy")
+        except ValueError:
+            params, lines = None, [notes.counts(trials)]
+        else:
+            params = {n: v for n, v in config.items() if v is not None}
+            lines = notes.evidence(
+                study,
+                trials,
+                params,
+                prior=self.prior,
+                ranking=ranking,
+                agreement=agreement(ranking, trials, study.direction),
+            )
+        notes.save(study, None, notes.study_note(params, lines, trials=trials))
 
     # --- the search space ----------------------------------------------------------------
 
@@ -583,6 +624,7 @@ class AutoPipeSampler(BaseSampler):
         score = upper.copy()
 
         def chosen(index: int) -> dict[str, Any]:
+            notes.save(study, trial, notes.choice(trial.user_attrs))
             config = dict(configs[index])
             self._context[trial.number] = _Context(
                 config=config,
@@ -992,13 +1034,14 @@ class AutoPipeSampler(BaseSampler):
         """
         if rule not in ("belief", "proxy"):
             raise ValueError(f"rule must be 'belief' or 'proxy', got {rule!r}.")
-        config = self._recommend(study, rule)
+        config = self._recommend(study.get_trials(deepcopy=False), study.direction, rule)
         return {n: v for n, v in config.items() if v is not None}
 
-    def _recommend(self, study: optuna.Study, rule: str) -> dict[str, Any]:
-        trials = study.get_trials(deepcopy=False)
+    def _recommend(
+        self, trials: Sequence[FrozenTrial], direction: StudyDirection, rule: str
+    ) -> dict[str, Any]:
         space = self._relative_space(trials)
-        observed = self._observations(trials, space, study.direction) if space else []
+        observed = self._observations(trials, space, direction) if space else []
         full = [o for o in observed if o.full]
         verified = any(
             t.state == TrialState.COMPLETE and PROMOTED_FROM_ATTR in t.user_attrs for t in trials
@@ -1035,10 +1078,15 @@ class AutoPipeSampler(BaseSampler):
         configurations the study already ran at full fidelity: what
         ``promotion.promote_best`` promotes."""
         trials = study.get_trials(deepcopy=False)
+        return self._early_stop_ranking(trials, study.direction, include_verified)
+
+    def _early_stop_ranking(
+        self, trials: Sequence[FrozenTrial], direction: StudyDirection, include_verified: bool
+    ) -> list[FrozenTrial]:
         space = self._relative_space(trials)
         if not space:
             return []
-        observed = self._observed(trials, space, study.direction)
+        observed = self._observed(trials, space, direction)
         done = set()
         if not include_verified:
             done = {config_key(o.config) for _, o in observed if o.full}

@@ -1,10 +1,12 @@
 """optuna-dashboard on a storage written by ``autopipe bench``: both studies served through its
-HTTP API with their trials, intermediate values and AutoPipe's explanation attrs, and a page
-that headless Chromium renders (skipped where Chromium is not installed)."""
+HTTP API with their trials, intermediate values, AutoPipe's explanation attrs and notes, and a
+page that headless Chromium renders (skipped where Chromium is not installed; with
+``AUTOPIPE_DASHBOARD_SHOT=PATH`` the screenshot is also saved there, e.g. docs/dashboard.png)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +21,7 @@ import optuna
 import pytest
 
 from optuna_autopipe.early_stop import PROXY_ATTR, PROXY_VARIANCE_ATTR
+from optuna_autopipe.notes import MARKER
 from optuna_autopipe.sampler import EXPLANATION_ATTRS
 
 pytest.importorskip("optuna_dashboard", reason="the dashboard extra: pip install -e '.[dashboard]'")
@@ -136,8 +139,34 @@ def test_the_dashboard_serves_both_studies_with_trials_curves_and_explanations(s
     assert not tpe_keys & set(EXPLAIN)
 
 
+def test_the_dashboard_serves_autopipes_notes_on_the_study_and_each_trial(storage, dashboard):
+    ids = _study_ids(dashboard)
+    served = {m: _get(f"{dashboard}/api/studies/{ids[name]}") for m, name in STUDIES.items()}
+    autopipe = served["autopipe"]
+    study_note = autopipe["note"]["body"]
+    trials = autopipe["trials"]
+    assert study_note.startswith(MARKER)
+    assert f"**Recommended** after {len(trials)} trials" in study_note
+    complete = sum(t["state"] == "Complete" for t in trials)
+    assert f"4 early-stopped, {complete} full-fidelity" in study_note and complete >= 1
+    for trial in autopipe["trials"]:
+        body = trial["note"]["body"]
+        attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
+        assert body.startswith(MARKER), trial["number"]
+        if trial["state"] == "Pruned":
+            assert "**Early-stopped** at step" in body
+            assert f"**{float(attrs[PROXY_ATTR]):.3g}** ±" in body
+        if attrs.get("autopipe:phase") == "bo":
+            assert f"= **{float(attrs['autopipe:acquisition']):.3g}**" in body
+    assert "**Complete** at full fidelity" in autopipe["trials"][-1]["note"]["body"]
+    # TPE ran full runs with no early stop: AutoPipe had nothing to say
+    assert served["tpe"]["note"]["body"] == ""
+    assert all(t["note"]["body"] == "" for t in served["tpe"]["trials"])
+
+
 def test_headless_chromium_renders_an_autopipe_trial_page(dashboard, tmp_path):
-    """Trial 3, the first chosen by BO, with its curve and explanation attrs (README's image)."""
+    """Trial 3, the first chosen by BO, with its note, curve and explanation attrs (the
+    image in docs/dashboard.md)."""
     from PIL import Image
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -162,3 +191,5 @@ def test_headless_chromium_renders_an_autopipe_trial_page(dashboard, tmp_path):
     assert len(detail.getcolors(1 << 24)) > 50
     dark = sum(count for count, rgb in detail.getcolors(1 << 24) if max(rgb) < 128)
     assert dark > 0.005 * detail.width * detail.height
+    if os.environ.get("AUTOPIPE_DASHBOARD_SHOT"):
+        shutil.copyfile(shot, os.environ["AUTOPIPE_DASHBOARD_SHOT"])

@@ -36,11 +36,11 @@ def _job(tmp_path, method: str, seed: int = 0, budget: int = 3) -> Job:
 def test_a_job_sent_to_the_peers_environment_comes_back_as_if_run_here(tmp_path, monkeypatch):
     monkeypatch.setenv(peer_env.PEERS_PYTHON_ENV, sys.executable)
     job = _job(tmp_path, "tpe")
-    ((job_back, (trials, direction, record)),) = peer_env.run_remote([job])
-    ((_, (own_trials, own_direction, own_record)),) = harness.run_jobs([job])
+    ((job_back, (trials, direction, record, notes)),) = peer_env.run_remote([job])
+    ((_, (own_trials, own_direction, own_record, own_notes)),) = harness.run_jobs([job])
     assert job_back == job and direction == own_direction == "minimize"
     assert [(t.params, t.value) for t in trials] == [(t.params, t.value) for t in own_trials]
-    assert record == own_record
+    assert record == own_record and notes == own_notes
 
 
 def test_a_peer_without_its_environment_names_make_peers(tmp_path, monkeypatch):
@@ -181,7 +181,7 @@ def test_each_peer_spends_its_budget_reproducibly_in_the_peers_environment(metho
 
     _peers_environment()
     job = _job(tmp_path, method, seed=1, budget=2)
-    ((_, (trials, direction, record)),) = peer_env.run_remote([job])
+    ((_, (trials, direction, record, _)),) = peer_env.run_remote([job])
     assert direction == "minimize" and record["sources"] != ""
     # the last run is cut where the budget ends (an evaluation if it made a step)
     assert 1.5 < record["cost"] <= 2 + 1e-9 and len(trials) - record["n_evals"] in (0, 1)
@@ -194,10 +194,10 @@ def test_each_peer_spends_its_budget_reproducibly_in_the_peers_environment(metho
         source = trials[trial.user_attrs[PROMOTED_FROM_ATTR]]
         assert trial.params == source.params
         assert min(trial.intermediate_values) > min(source.intermediate_values)
-    ((_, (again, _, _)),) = peer_env.run_remote([job])
+    ((_, (again, _, _, _)),) = peer_env.run_remote([job])
     assert [(t.params, t.last_step) for t in again] == [(t.params, t.last_step) for t in trials]
     other = _job(tmp_path, method, seed=2, budget=2)
-    ((_, (elsewhere, _, _)),) = peer_env.run_remote([other])
+    ((_, (elsewhere, _, _, _)),) = peer_env.run_remote([other])
     assert [t.params for t in elsewhere] != [t.params for t in trials]
 
 

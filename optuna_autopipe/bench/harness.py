@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from objectives.registry import Benchmark, Protocol, load_benchmark
 from objectives.replay import stable_seed
+from optuna_autopipe import notes
 from optuna_autopipe.bench import peer_env
 from optuna_autopipe.bench.job_failures import JobFailure, StudiesFailed
 from optuna_autopipe.bench.methods import (
@@ -225,8 +226,11 @@ def run_jobs(jobs: list[Job]) -> list[tuple[Job, tuple[Any, ...] | JobFailure]]:
     return results
 
 
-def _run_job(job: Job) -> tuple[list[optuna.trial.FrozenTrial], str, dict[str, Any]]:
-    """Run one study in this process; return its trials, direction and outcome record."""
+def _run_job(
+    job: Job,
+) -> tuple[list[optuna.trial.FrozenTrial], str, dict[str, Any], tuple[str, dict[int, str]]]:
+    """Run one study in this process; return its trials, direction, outcome record and
+    dashboard notes (``notes.read_all``)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(1)  # one worker per core: torch's own threads would oversubscribe
     spec = job.spec
@@ -243,7 +247,8 @@ def _run_job(job: Job) -> tuple[list[optuna.trial.FrozenTrial], str, dict[str, A
         prior_noise=spec.prior_noise,
     )
     study = get_method(job.method)(ctx)
-    return study.trials, ctx.task.direction, outcome(study, ctx, protocol=spec.protocol)
+    record = outcome(study, ctx, protocol=spec.protocol)
+    return study.trials, ctx.task.direction, record, notes.read_all(study)
 
 
 def outcome(study: optuna.Study, ctx: Context, *, protocol: str) -> dict[str, Any]:
@@ -298,12 +303,19 @@ def _store(
     trials: list[optuna.trial.FrozenTrial],
     direction: str,
     record: dict[str, Any],
+    study_notes: tuple[str, dict[int, str]],
 ) -> None:
     """Write one finished study into the shared storage; the ``bench`` attr goes last."""
     with contextlib.suppress(KeyError):
         optuna.delete_study(study_name=job.study_name, storage=storage)
-    study = optuna.create_study(storage=storage, study_name=job.study_name, direction=direction)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=job.study_name,
+        direction=direction,
+        sampler=optuna.samplers.RandomSampler(),  # never samples; no before_trial effects
+    )
     study.add_trials(trials)
+    notes.write_all(study, *study_notes)
     for key, value in (
         ("benchmark", job.spec.benchmark),
         ("dataset", job.dataset),
