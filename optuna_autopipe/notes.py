@@ -270,7 +270,8 @@ def evidence(
     if lambdas and sampled_with_prior(trials):
         last = lambdas[-1]
         lines.append(
-            f"the prior's weight λ at trial {last.number}: {last.user_attrs['autopipe:lambda']:.3g}"
+            f"the prior's weight λ when the sampler last chose (trial {last.number}): "
+            f"{last.user_attrs['autopipe:lambda']:.3g}"
         )
     verified = sorted(
         [t for t in trials if full_fidelity_result(t)], key=lambda t: better(study, t)
@@ -298,8 +299,11 @@ def counts(trials: Sequence[FrozenTrial]) -> str:
         "full-fidelity": full,
         "failed": sum(t.state == TrialState.FAIL for t in trials),
     }
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and not full_fidelity_result(t)]
+    below = [t for t in complete if float(t.user_attrs.get("fidelity", 1.0)) < 1.0]
     others = {
-        "complete below full fidelity": sum(t.state == TrialState.COMPLETE for t in trials) - full,
+        "complete below full fidelity": len(below),
+        "complete with a value that is not finite": len(complete) - len(below),
         "pruned by the pruner": sum(
             t.state == TrialState.PRUNED and not stopped_early(t) for t in trials
         ),
@@ -313,7 +317,7 @@ def counts(trials: Sequence[FrozenTrial]) -> str:
     return (
         f"{len(trials)} trials: "
         + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
-        + f"; promoted to full fidelity: {len(promoted)}"
+        + f"; promoted from early stops: {len(promoted)}"
         + (f" ({by_state})" if promoted else "")
     )
 
@@ -378,7 +382,11 @@ def _early_stop_line(trial: FrozenTrial, prior: Prior | None, ranking: Sequence[
         + (f" ({fraction:.0%} of training)" if fraction is not None else "")
     ]
     proxy = proxy_of(trial)
-    parts.append("no proxy" if proxy is None else f"proxy {proxy[0]:.3g} ± {proxy[1] ** 0.5:.2g}")
+    parts.append(
+        "no proxy"
+        if proxy is None
+        else f"proxy {proxy[0]:.3g} ± {proxy[1] ** 0.5:.2g} (standardised, higher is better)"
+    )
     regressor = None
     if prior is not None and fraction is not None:
         with contextlib.suppress(ValueError):  # a fraction the prior serves no regressor for

@@ -208,3 +208,29 @@ def test_the_full_dynamics_and_their_plot_go_to_the_artifact_store(tmp_path):
     assert [len(s) for s in stored.metrics.values()] == [10, 10]  # the attr stays thinned
     with store.open_reader(metas["dynamics.png"].artifact_id) as reader:
         assert reader.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_trial_counts_name_each_kind_of_trial_for_what_it_is():
+    from optuna.trial import create_trial
+
+    dist = {"x": FloatDistribution(0.0, 1.0)}
+    trials = [
+        create_trial(params={"x": 0.1}, distributions=dist, value=1.0),
+        create_trial(params={"x": 0.2}, distributions=dist, value=math.inf),
+        create_trial(
+            params={"x": 0.3}, distributions=dist, value=2.0, user_attrs={"fidelity": 0.5}
+        ),
+        # a multi-fidelity peer's rung promotion: resumed from an early stop, pruned again
+        create_trial(
+            params={"x": 0.3},
+            distributions=dist,
+            state=TrialState.PRUNED,
+            user_attrs={"autopipe:promoted_from": 2},
+            intermediate_values={3: 1.5},
+        ),
+    ]
+    assert notes.counts(trials) == (
+        "4 trials: 0 early-stopped, 1 full-fidelity, 0 failed, 1 complete below full fidelity, "
+        "1 complete with a value that is not finite, 1 pruned by the pruner; "
+        "promoted from early stops: 1 (1 pruned)"
+    )

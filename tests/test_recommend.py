@@ -109,7 +109,7 @@ def test_the_printed_recommendation_is_the_samplers_own_with_and_without_the_pri
     assert code == 0, err
     assert _recommended(out) == sampler.recommend(study)
     assert (
-        "6 trials: 6 early-stopped, 0 full-fidelity, 0 failed; promoted to full fidelity: 0" in out
+        "6 trials: 6 early-stopped, 0 full-fidelity, 0 failed; promoted from early stops: 0" in out
     )
     assert "not verified: no full-fidelity result of it yet" in out
     # its early stop: the score at the cut the prior reads it by, first of the six
@@ -171,7 +171,7 @@ def test_after_the_promotions_the_recommendation_is_the_best_verified_run(prior,
 
     _, out, _ = _run(capsys, *argv)
     assert "9 trials: 6 early-stopped, 0 full-fidelity, 0 failed, 3 waiting; " in out
-    assert "promoted to full fidelity: 3 (3 waiting)" in out
+    assert "promoted from early stops: 3 (3 waiting)" in out
     assert "verifies it already: run it with the study's objective" in out
 
     study.optimize(_objective(fitted), n_trials=3)
@@ -179,7 +179,7 @@ def test_after_the_promotions_the_recommendation_is_the_best_verified_run(prior,
     best = sampler.recommend(study)
     assert _recommended(out) == best
     assert "9 trials: 6 early-stopped, 3 full-fidelity, 0 failed; " in out
-    assert "promoted to full fidelity: 3 (3 complete)" in out
+    assert "promoted from early stops: 3 (3 complete)" in out
     full = sorted(
         (t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value
     )
@@ -207,7 +207,7 @@ def test_a_study_not_run_by_autopipe_gets_its_best_complete_trial_with_a_note(tm
     assert code == 0
     assert _recommended(out) == study.best_params
     assert (
-        "6 trials: 0 early-stopped, 5 full-fidelity, 1 failed; promoted to full fidelity: 0" in out
+        "6 trials: 0 early-stopped, 5 full-fidelity, 1 failed; promoted from early stops: 0" in out
     )
     assert "No trial carries AutoPipe's attrs" in out
     assert f"Not enqueued: trial {study.best_trial.number} already ran" in out
