@@ -47,8 +47,10 @@ def test_demo_compares_at_equal_pipeline_time_and_prints_only_its_own_lines(
     verified = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert verified and max(t.value for t in verified) == mine.score
     assert (out / "regret_vs_pipeline_time.png").stat().st_size > 0
+    shown = optuna.artifacts.get_all_artifact_meta(early[0], storage=storage)
+    assert {m.filename for m in shown} == {"dynamics.json", "dynamics.png"}
     text = printed.out + printed.err
-    assert f"optuna-dashboard {out / 'demo.journal'}" in text
+    assert f"optuna-dashboard {out / 'demo.journal'} --artifact-dir {out / 'artifacts'}" in text
     assert "AutoPipe better on" in text
     # one line per study, no library warnings or inner progress bars
     assert text.count(f"{held_out.name:20} seed 0:") == 2

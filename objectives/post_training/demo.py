@@ -66,6 +66,8 @@ from optuna_autopipe.sampler import AutoPipeSampler
 
 #: Study user attr holding the settings a demo's studies were made with.
 SETTINGS_ATTR = "demo:settings"
+#: Folder of the demo's artifact store (each run's full SFT dynamics and their plot).
+ARTIFACTS = "artifacts"
 #: Early-stop point of the demo's AutoPipe (the benchmark's ``autopipe`` default).
 FRACTION = 0.25
 #: Held-out datasets (not in corpus v2): a harder relative of a corpus task, a new mixture,
@@ -231,12 +233,15 @@ class _Job:
         return study, fail_lost_runs(study)
 
     def objective(self, **options: Any) -> PostTrainingObjective:
+        artifacts = self.out / ARTIFACTS
+        artifacts.mkdir(parents=True, exist_ok=True)
         return objective(
             self.files,
             self.corpus.scale,
             output_dir=self.out / "work" / f"{self.dataset.name}-seed{self.seed}",
             space=self.corpus.space,
             seed=self.seed,
+            artifact_store=optuna.artifacts.FileSystemArtifactStore(artifacts),
             **options,
         )
 
@@ -389,7 +394,10 @@ def run_demo(
         plot = out / "regret_vs_pipeline_time.png"
         plot_regret(outcomes, plot)
         print(f"wall time: {time.time() - started:.0f} s; plot: {plot}")
-        print(f"\nView the studies:\n  {_dashboard()} {out / 'demo.journal'}")
+        print(
+            f"\nView the studies (notes, curves):\n  {_dashboard()} {out / 'demo.journal'} "
+            f"--artifact-dir {out / ARTIFACTS}"
+        )
     return outcomes
 
 

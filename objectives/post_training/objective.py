@@ -176,6 +176,8 @@ class PostTrainingObjective:
         max_length: SFT sequence length (default: the tokenizer's).
         seed: training seed (recorded on the trial).
         keep_models: keep SFT and RL models after the trial.
+        artifact_store: an Optuna artifact store for each run's full SFT dynamics and their
+            plot (``AutoPipeEarlyStop(artifact_store=...)``); ``None``: not uploaded.
     """
 
     def __init__(
@@ -197,6 +199,7 @@ class PostTrainingObjective:
         max_length: int | None = None,
         seed: int = 0,
         keep_models: bool = False,
+        artifact_store: Any = None,
     ) -> None:
         self.sft_records = read_jsonl(sft_data, kind="SFT", required=("prompt", "completion"))
         _warn_without_answer_line(self.sft_records, sft_data)
@@ -227,6 +230,7 @@ class PostTrainingObjective:
         self.max_length = max_length
         self.seed = seed
         self.keep_models = keep_models
+        self.artifact_store = artifact_store
 
     def __call__(self, trial: optuna.trial.Trial) -> float:
         config = {name: suggest(trial, name, dist) for name, dist in self.space.items()}
@@ -262,6 +266,7 @@ class PostTrainingObjective:
             fraction=1.0 if full else self.early_stop,
             regressor=None if full else self.regressor,
             dataset=self.dataset,
+            artifact_store=self.artifact_store,
         )
         with ledger.stage("sft"):
             _, completed = run_sft(
