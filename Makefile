@@ -57,15 +57,16 @@ bench-quick: $(STAMP)
 	$(VENV)/bin/autopipe bench --benchmark lcbench $(QUICK) --out runs/bench-quick/lcbench && \
 	echo "bench-quick wall time: $$(( $$(date +%s) - start )) s"
 
-# The README's results: 5 seeds, both benchmarks (NMT under both hold-out protocols), every
-# baseline, AutoPipe and its ablations and cut sensitivity (about 1.5 h on 2 cores).
+# The results of docs/harness.md and docs/sampler.md: 5 seeds, both benchmarks (NMT under both
+# hold-out protocols), every baseline, AutoPipe and its ablations and cut sensitivity (about
+# 1.5 h on 2 cores).
 FINAL := --seeds 5 --methods random,tpe,gp,bohb,random1,global,offline,smac,random-es,tpe-es,random-cut,tpe-cut,autopipe,autopipe-paper,autopipe-proxy,autopipe-full,no-residual,no-bo,no-offline,autopipe-50,autopipe-75,autopipe-belief-rec
 bench: $(STAMP)
 	$(VENV)/bin/autopipe bench --benchmark nmt $(FINAL) --out runs/bench/nmt
 	$(VENV)/bin/autopipe bench --benchmark nmt $(FINAL) --protocol lodo --out runs/bench/nmt-lodo
 	$(VENV)/bin/autopipe bench --benchmark lcbench $(FINAL) --out runs/bench/lcbench
 
-# Robustness under dataset shift (README: "Robustness"): each benchmark in ONE storage under
+# Robustness under dataset shift (docs/sampler.md): each benchmark in ONE storage under
 # grouped, single-source, few-source (K = 2) and an inverted prior, 5 seeds (about 2 h on 2
 # cores). The Optuna baselines learn nothing from other datasets: they run once and every
 # setting reads them.

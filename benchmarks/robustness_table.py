@@ -1,4 +1,4 @@
-"""The robustness table of the README from ``make bench-stress`` outputs.
+"""The robustness table of docs/sampler.md from ``make bench-stress`` outputs.
 
 For every benchmark and setting (the ``results.csv`` of ``runs/stress/<benchmark>-<setting>/``)
 and every method: mean ± s.e. across datasets of the per-dataset seed-mean normalised regret,

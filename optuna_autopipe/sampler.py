@@ -168,7 +168,7 @@ class AutoPipeSampler(BaseSampler):
             scored: 0.5 (default) the prior's lower half, 1 anywhere. A probe far from the
             warm start's first trials (at the top of the prior's order) gives the slope w
             more leverage, so a wrong prior loses its weight sooner, at the price of one run
-            the prior calls poor (README, "Robustness under dataset shift": the lower half
+            the prior calls poor (docs/sampler.md, "Robustness under dataset shift": the lower half
             halved LCBench's inverted-prior regret and cost nothing on NMT).
         n_promote: early-stopped configurations ``promotion.promote_best`` runs at full
             fidelity after the early-stop phase (default: 3 calibrated, 0 paper).
@@ -1028,7 +1028,7 @@ class AutoPipeSampler(BaseSampler):
         ẑ(x) = λ·s(x) + b + μ(x) (``residual=False`` or no prior: b + μ(x); paper: λ = 1), the
         GP's posterior
         mean at that point, which shrinks a noisy observation towards the prior and its
-        neighbours (no exploration bonus here). The README compares both on the replays
+        neighbours (no exploration bonus here). docs/sampler.md compares both on the replays
         (bench methods ``autopipe`` and ``autopipe-belief-rec``). Parameters the
         configuration does not use (conditional spaces) are left out.
         """

@@ -1,5 +1,5 @@
 """Bad inputs across the public surface: each gives an error naming the input and the fix, or a
-documented fallback, and leaves the storage as it was (the README's "Bad inputs" table)."""
+documented fallback, and leaves the storage as it was (the table of docs/bad-inputs.md)."""
 
 from __future__ import annotations
 
