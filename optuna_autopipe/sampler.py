@@ -414,31 +414,22 @@ class AutoPipeSampler(BaseSampler):
                 attrs[PROXY_ATTR] = attrs[PRIOR_SCORE_ATTR] + trial.user_attrs[RESIDUAL_ATTR]
             set_trial_user_attrs(study, trial, attrs)
             trial.user_attrs.update(attrs)
-        self._write_notes(study, trial, state, values)
+        finished = copy.copy(trial)  # as it ends: the storage records it after after_trial
+        finished.state, finished.values = state, values
+        self._write_notes(study, finished)
 
-    def _write_notes(
-        self,
-        study: optuna.Study,
-        trial: FrozenTrial,
-        state: TrialState,
-        values: Sequence[float] | None,
-    ) -> None:
-        """The trial's note with its outcome, and the study note (``notes.py``), from the
-        study's trials with this one as it ends (the storage records its state after
-        ``after_trial``)."""
-        finished = copy.copy(trial)
-        finished.state = state
-        finished.values = values
+    def _write_notes(self, study: optuna.Study, finished: FrozenTrial) -> None:
+        """The note of the trial that ``finished`` (with its state and values) and the study
+        note (``notes.py``), from the study's trials with that one as it ends."""
         trials = [
-            finished if t.number == trial.number else t for t in study.get_trials(deepcopy=False)
+            finished if t.number == finished.number else t for t in study.get_trials(deepcopy=False)
         ]
         ranking = [
             t.number
             for t in self._early_stop_ranking(trials, study.direction, include_verified=True)
         ]
-        notes.save(
-            study, trial, notes.trial_note(finished, trials, study.direction, ranking=ranking)
-        )
+        note = notes.trial_note(finished, trials, study.direction, ranking=ranking)
+        notes.save(study, finished, note)
         try:
             config = self._recommend(trials, study.direction, "proxy")
         except ValueError:
