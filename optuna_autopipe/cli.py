@@ -21,12 +21,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 from objectives.data import SOURCE_PAGES, BenchmarkDataError, download
 from objectives.registry import BENCHMARKS, PROTOCOLS
+from optuna_autopipe._text import count
 from optuna_autopipe.bench.job_failures import StudiesFailed
+from optuna_autopipe.bench.methods import method_names
+from optuna_autopipe.bench.peer_env import PEERS
 from optuna_autopipe.bench.prior_noise import PRIOR_NOISE
 
 DEFAULT_METHODS = (
@@ -56,14 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autopipe", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    bench = commands.add_parser("bench", help="leave-one-dataset-out benchmark on recorded data")
+    bench = commands.add_parser(
+        "bench",
+        help="leave-one-dataset-out benchmark on recorded data",
+        epilog=_methods_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _bench_arguments(bench, out_default=None)
     bench.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     bench.add_argument(
         "--methods",
         type=_methods,
         default=_methods(DEFAULT_METHODS),
-        help=f"comma-separated method names (default {DEFAULT_METHODS})",
+        help="comma-separated method names (the default ones and every available one are "
+        "listed below)",
     )
     bench.add_argument(
         "--budget", type=_positive, default=15, help="trials per study, in full-run equivalents"
@@ -219,6 +229,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _methods_epilog() -> str:
+    """The methods ``autopipe bench --help`` lists: the default ones, every available one
+    (``methods.method_names``) and the peers among them, wrapped without breaking a name."""
+
+    def block(title: str, names: Sequence[str]) -> str:
+        text = ", ".join(names)
+        return f"{title}\n" + textwrap.fill(
+            text, width=78, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
+        )
+
+    return "\n\n".join(
+        [
+            block("default methods:", DEFAULT_METHODS.split(",")),
+            block("available methods:", method_names()),
+            block("of which peers (run in the environment `make peers` builds):", sorted(PEERS)),
+        ]
+    )
+
+
 def _bench_arguments(parser: argparse.ArgumentParser, *, out_default: str | None) -> None:
     parser.add_argument("--out", required=out_default is None, default=out_default)
     parser.add_argument("--storage", default=None, help="default: sqlite:///OUT/bench.db")
@@ -324,7 +353,7 @@ def _fit_prior(args: argparse.Namespace) -> int:
         fractions=DEFAULT_FRACTIONS if args.fractions is None else args.fractions,
     )
     prior.save(args.out)
-    print(f"prior fitted on {len(corpus.datasets)} datasets, {prior.record['chosen']}")
+    print(f"prior fitted on {count(len(corpus.datasets), 'dataset')}, {prior.record['chosen']}")
     print(
         f"ranker: {prior.record['ranker']['groups']} group(s) of datasets, grid search "
         f"{prior.record['ranker']['grid_search']}"
@@ -410,7 +439,7 @@ def _worker(args: argparse.Namespace) -> int:
         grace_period=args.grace_period,
         max_retry=args.max_retry,
     )
-    print(f"worker {os.getpid()}: ran {ran} trials of study {args.study!r}")
+    print(f"worker {os.getpid()}: ran {count(ran, 'trial')} of study {args.study!r}")
     return 0
 
 

@@ -13,19 +13,24 @@ the paper's Figure 4.1 text, which is specific to its medical-reasoning pipeline
 
 The endpoint is any OpenAI-compatible chat-completions API (``ChatClient``: ``POST
 {base_url}/chat/completions`` with ``model``, ``messages`` and ``temperature`` 0, the key as a
-Bearer token), configured by arguments or, in this order, the environment variables:
+Bearer token), configured by arguments or, in this order, the environment variables (a
+variable that is unset, empty or blank counts as not set):
 
 - base URL: ``AUTOPIPE_LLM_BASE_URL``, then ``OPENAI_BASE_URL``; there is no default, so
-  nothing calls a paid API unless asked to;
+  nothing calls a paid API unless asked to; a URL that already ends in
+  ``/chat/completions`` is used as it is; user info in it (``http://user:password@host/v1``)
+  is sent as HTTP Basic auth when no key is set, and is shown as ``***`` in errors, the
+  client's repr and the benchmark's stored settings;
 - model: ``AUTOPIPE_LLM_MODEL``;
 - key: ``AUTOPIPE_LLM_API_KEY``, then ``OPENAI_API_KEY``; optional (local servers such as
   vLLM or Ollama need none), sent only when set;
 - timeout in seconds: ``AUTOPIPE_LLM_TIMEOUT`` (default 120).
 
-The reply must be a JSON object (a reply that is exactly one fenced ```` ```json ```` block
-is accepted too) holding a value for every parameter (``validate``): a value outside the
-search space is moved to the nearest valid value and the move logged and recorded; a missing
-parameter, or a value that cannot be placed, is an error.
+The reply must be a JSON object holding a value for every parameter (``parse_reply``: after
+one leading ``<think>...</think>`` block of a reasoning model, the whole reply or its single
+fenced ```` ```json ```` block; ``validate``): a value outside the search space is moved to
+the nearest valid value and the move logged and recorded; a missing parameter, or a value
+that cannot be placed, is an error.
 
 ``enqueue_llm_recommendation`` is the warm start for users: it asks once and enqueues the
 validated configuration into a study.
@@ -33,11 +38,13 @@ validated configuration into a study.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import urllib.error
@@ -45,6 +52,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import numpy as np
 import optuna
@@ -69,6 +77,8 @@ DEFAULT_TIMEOUT = 120.0
 NEIGHBOURS = 5
 #: Characters of a response body or reply quoted in an error.
 QUOTED_CHARS = 500
+#: The path of the chat-completions API below its root.
+COMPLETIONS_PATH = "/chat/completions"
 
 Direction = Literal["minimize", "maximize"]
 
@@ -90,17 +100,51 @@ class ChatClient:
     """A client of one OpenAI-compatible chat-completions endpoint.
 
     ``base_url`` is the API root (``https://api.openai.com/v1``, ``http://localhost:8000/v1``);
-    requests go to ``{base_url}/chat/completions``. ``api_key`` is left out of the repr.
+    requests go to ``{base_url}/chat/completions``, or to ``base_url`` itself when it already
+    ends in ``/chat/completions``. User info in it (``user:password@``) is not part of the
+    request's URL: it is sent as HTTP Basic auth when there is no ``api_key`` (whose Bearer
+    token wins otherwise). ``shown_url``, the request's URL with the user info replaced by
+    ``***``, is what errors and the repr show; ``base_url`` and ``api_key`` are left out of
+    the repr.
+
+    Raises:
+        ValueError: ``base_url`` is not an http(s) URL with a host (or its port is not a
+            number).
     """
 
-    base_url: str
+    base_url: str = field(repr=False)
     model: str
     api_key: str | None = field(default=None, repr=False)
     timeout: float = DEFAULT_TIMEOUT
+    shown_url: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        root = self.base_url.strip().rstrip("/")
+        full = root if root.endswith(COMPLETIONS_PATH) else root + COMPLETIONS_PATH
+        object.__setattr__(self, "shown_url", shown_url(full))
+        parts = _split(full)
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"The LLM base URL {shown_url(self.base_url)!r} is not an http(s) URL with a "
+                f"host; give the API root, e.g. {ENV_BASE_URL}=http://localhost:8000/v1."
+            )
 
     @property
     def url(self) -> str:
-        return f"{self.base_url.rstrip('/')}/chat/completions"
+        """Where requests go (the user info of ``base_url`` left out)."""
+        return _without_userinfo(self.shown_url)
+
+    def _auth(self) -> str | None:
+        """The Authorization header: the key as a Bearer token, else the URL's user info as
+        HTTP Basic auth, else none."""
+        if self.api_key:
+            return f"Bearer {self.api_key}"
+        userinfo = _userinfo(self.base_url.strip())
+        if userinfo is None:
+            return None
+        user, _, password = userinfo.partition(":")
+        pair = f"{unquote(user)}:{unquote(password)}".encode()
+        return f"Basic {base64.b64encode(pair).decode()}"
 
     @classmethod
     def from_env(
@@ -114,8 +158,10 @@ class ChatClient:
         """A client from the arguments, else the environment (order in the module doc).
 
         Raises:
-            LLMNotConfiguredError: no base URL or no model; names the variables to set.
-            ValueError: ``AUTOPIPE_LLM_TIMEOUT`` is not a positive number.
+            LLMNotConfiguredError: no base URL or no model (a blank variable counts as
+                unset); names the variables to set.
+            ValueError: ``AUTOPIPE_LLM_TIMEOUT`` is not a positive number, or the base URL
+                is not an http(s) URL with a host.
         """
         base_url = base_url or _env(ENV_BASE_URL) or _env(FALLBACK_BASE_URL)
         model = model or _env(ENV_MODEL)
@@ -160,8 +206,9 @@ class ChatClient:
         """
         body = json.dumps({"model": self.model, "messages": list(messages), "temperature": 0})
         headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        auth = self._auth()
+        if auth:
+            headers["Authorization"] = auth
         request = urllib.request.Request(
             self.url, data=body.encode(), headers=headers, method="POST"
         )
@@ -171,54 +218,116 @@ class ChatClient:
         except urllib.error.HTTPError as exc:
             text = exc.read().decode("utf-8", errors="replace")
             raise LLMRequestError(
-                f"POST {self.url} failed with HTTP {exc.code} {exc.reason}; response body: "
+                f"POST {self.shown_url} failed with HTTP {exc.code} {exc.reason}; response body: "
                 f"{text[:QUOTED_CHARS]!r}"
             ) from exc
         except OSError as exc:  # URLError, TimeoutError, connection reset
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             if isinstance(reason, TimeoutError):
                 raise LLMRequestError(
-                    f"POST {self.url} timed out after {self.timeout:g} s (set {ENV_TIMEOUT} "
+                    f"POST {self.shown_url} timed out after {self.timeout:g} s (set {ENV_TIMEOUT} "
                     "or timeout= for a slower model)"
                 ) from exc
-            raise LLMRequestError(f"POST {self.url} failed: {reason}") from exc
+            raise LLMRequestError(f"POST {self.shown_url} failed: {reason}") from exc
         try:
             content = json.loads(raw)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             content = None
         if not isinstance(content, str):
             raise LLMRequestError(
-                f"POST {self.url} returned no chat completion (choices[0].message.content); "
+                f"POST {self.shown_url} returned no chat completion (choices[0].message.content); "
                 f"response body: {raw[:QUOTED_CHARS]!r}"
             )
         return content
 
 
 def configured_endpoint() -> dict[str, str]:
-    """The base URL and model the environment names now (``ChatClient.from_env``'s order;
-    empty strings when unset); the key is left out."""
+    """The base URL (user info hidden, ``shown_url``) and model the environment names now
+    (``ChatClient.from_env``'s order; empty strings when unset); the key is left out."""
     return {
-        "base_url": _env(ENV_BASE_URL) or _env(FALLBACK_BASE_URL) or "",
+        "base_url": shown_url(_env(ENV_BASE_URL) or _env(FALLBACK_BASE_URL) or ""),
         "model": _env(ENV_MODEL) or "",
     }
 
 
 def _env(name: str) -> str | None:
-    return os.environ.get(name) or None
+    """The variable's value without surrounding blanks; ``None`` when unset, empty or blank."""
+    return os.environ.get(name, "").strip() or None
+
+
+def shown_url(url: str) -> str:
+    """``url`` as printed: its user info (``user:password@``) replaced by ``***@``; only the
+    scheme when it cannot be parsed and holds an ``@``."""
+    parts = _split(url)
+    if parts is None:
+        return url.split("://", 1)[0] + "://***" if "@" in url else url
+    if _userinfo(url) is None:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def _split(url: str) -> SplitResult | None:
+    """``url``'s parts; ``None`` when it cannot be parsed (bad brackets or port)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError when the port is not a number
+    except ValueError:
+        return None
+    return parts
+
+
+def _userinfo(url: str) -> str | None:
+    """The user info of ``url`` (``user:password``); ``None`` when it has none."""
+    parts = _split(url)
+    if parts is None or "@" not in parts.netloc:
+        return None
+    return parts.netloc.rsplit("@", 1)[0]
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without its user info (and the ``@``)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
 @dataclass(frozen=True, kw_only=True)
 class PastDataset:
     """One past (offline) dataset for the history-conditioned prompt.
 
-    ``features``: its meta-features (NaN or missing: unknown); ``config``: the best
+    ``features``: its meta-features (NaN, ``None`` or missing: unknown); ``config``: the best
     configuration recorded there; ``score``: that configuration's score.
+
+    Raises:
+        ValueError: ``score`` is not a finite number, or a meta-feature is not a number;
+            names the dataset and the field.
     """
 
     name: str
     features: Mapping[str, float]
     config: Mapping[str, Any]
     score: float
+
+    def __post_init__(self) -> None:
+        if not (_is_number(self.score) and math.isfinite(self.score)):
+            raise ValueError(
+                f"PastDataset {self.name!r}: score={self.score!r} is not a finite number; give "
+                "the score of its best configuration, or leave the dataset out of the history."
+            )
+        check_features(self.features, f"PastDataset {self.name!r}")
+
+
+def check_features(features: Mapping[str, Any], where: str) -> None:
+    """Check that every meta-feature is a number or ``None`` (NaN and ``None``: unknown).
+
+    Raises:
+        ValueError: one is not; names ``where``, the feature and its value.
+    """
+    for name, value in features.items():
+        if value is not None and not _is_number(value):
+            raise ValueError(
+                f"{where}: meta-feature {name!r}={value!r} is not a number; give meta-features "
+                "as numbers (NaN or None when unknown)."
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -404,24 +513,41 @@ def build_prompt(
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL | re.IGNORECASE)
+#: A reasoning model's leading block; the opening tag may be missing (some chat templates
+#: put it at the end of the prompt, so the reply starts inside the block).
+_THINK = re.compile(r"\s*(?:<think>)?.*?</think>", re.DOTALL | re.IGNORECASE)
 
 
 def parse_reply(reply: str) -> dict[str, Any]:
-    """The JSON object of the model's reply: the whole reply, or the content of a reply that
-    is exactly one fenced block (```` ```json ```` or ```` ``` ````).
+    """The JSON object of the model's reply.
+
+    One leading ``<think>...</think>`` block (a reasoning model's; or everything up to the
+    first ``</think>`` when the opening tag is missing) is dropped first. The object is then
+    the whole rest, or else the content of its single fenced block (```` ```json ```` or
+    ```` ``` ````), prose around that block allowed.
 
     Raises:
-        LLMReplyError: anything else; quotes the reply's first 500 characters.
+        LLMReplyError: neither is a JSON object, or the rest holds more than one fenced
+            block (ambiguous); quotes the reply's first 500 characters.
     """
-    text = reply.strip()
-    fenced = _FENCE.fullmatch(text)
+    thought = _THINK.match(reply)
+    text = reply[thought.end() :].strip() if thought else reply.strip()
     try:
-        value = json.loads(fenced.group(1) if fenced else text)
+        value = json.loads(text)
     except ValueError:
+        fences = _FENCE.findall(text)
+        if len(fences) > 1:
+            raise LLMReplyError(
+                f"The LLM's reply holds {len(fences)} fenced blocks, so which one is the "
+                f"configuration is ambiguous: {reply[:QUOTED_CHARS]!r}"
+            ) from None
         value = None
+        if fences:
+            with contextlib.suppress(ValueError):  # not JSON either: refused below
+                value = json.loads(fences[0])
     if not isinstance(value, dict):
         raise LLMReplyError(
-            "The LLM's reply is not a JSON object (nor one fenced ```json block): "
+            "The LLM's reply is not a JSON object (nor holds one fenced ```json block): "
             f"{reply[:QUOTED_CHARS]!r}"
         )
     return value
@@ -443,7 +569,8 @@ def validate(
       rule of ``space.SpaceEncoder``; a value <= 0 then takes the smallest), linearly
       otherwise; ties go to the first in the distribution's order;
     - other categoricals: the value must equal a choice (or be a string equal to its
-      ``str`` or JSON form, e.g. ``"None"``); there is no nearest label.
+      ``str`` or JSON form, e.g. ``"None"``); a number equal to a numeric choice is that
+      choice (``2.0`` or ``"2"`` for ``2`` of ``[1, 2, None]``); there is no nearest label.
 
     Keys that are not parameters are ignored with a warning.
 
@@ -513,8 +640,12 @@ def _place_choice(name: str, value: Any, choices: Sequence[Any]) -> tuple[Any, b
         index = int(np.argmin(distance))
         return choices[index], bool(distance[index] > 0)
     for choice in choices:
-        same = type(choice) is type(value) and choice == value
-        if same or (isinstance(value, str) and value in (str(choice), _json(choice))):
+        if _is_number(choice):
+            same = _read_number(value) == choice
+        else:
+            same = type(choice) is type(value) and choice == value
+            same = same or (isinstance(value, str) and value in (str(choice), _json(choice)))
+        if same:
             return choice, False
     raise LLMReplyError(
         f"The LLM proposed {name}={value!r}, which is not one of its choices {[*choices]!r}."
@@ -522,7 +653,18 @@ def _place_choice(name: str, value: Any, choices: Sequence[Any]) -> tuple[Any, b
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """Whether ``value`` is a real number (NumPy's included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
+def _read_number(value: Any) -> float:
+    """``value`` (a number or a string holding one) as a float; NaN for anything else."""
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # not a number: NaN
+            return float(value.strip())
+    return math.nan
 
 
 def _number(name: str, value: Any, expected: str) -> float:
@@ -531,12 +673,7 @@ def _number(name: str, value: Any, expected: str) -> float:
     Raises:
         LLMReplyError: anything else, naming the parameter and what it should be.
     """
-    number = math.nan
-    if _is_number(value):
-        number = float(value)
-    elif isinstance(value, str):
-        with contextlib.suppress(ValueError):  # not a number: NaN, refused below
-            number = float(value.strip())
+    number = _read_number(value)
     if not math.isfinite(number):
         raise LLMReplyError(
             f"The LLM proposed {name}={value!r}, which is not a finite number (expected "
@@ -562,12 +699,14 @@ def recommend(
     history-conditioned; ``None`` makes it description-only.
 
     Raises:
-        ValueError: ``history`` given but empty, or ``k`` < 1.
+        ValueError: ``history`` given but empty, ``k`` < 1, or a meta-feature of ``features``
+            that is not a number (``check_features``).
         LLMRequestError: the endpoint failed (``ChatClient.complete``).
         LLMReplyError: the reply is not a valid configuration (``parse_reply``, ``validate``).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}.")
+    check_features(features, "The dataset's features")
     neighbours = None
     if history is not None:
         if not history:
@@ -615,7 +754,8 @@ def enqueue_llm_recommendation(
     ``client`` defaults to ``ChatClient.from_env()`` (endpoint from the environment).
 
     Raises:
-        ValueError: a multi-objective study; ``history`` empty; ``k`` < 1.
+        ValueError: a multi-objective study; ``history`` empty; ``k`` < 1; a meta-feature
+            of ``features`` that is not a number.
         LLMNotConfiguredError: no ``client`` and no endpoint in the environment.
         LLMRequestError, LLMReplyError: as ``recommend``; nothing is enqueued then.
     """

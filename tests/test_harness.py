@@ -14,10 +14,11 @@ from scipy.stats import spearmanr
 
 from objectives import data_root
 from optuna_autopipe.bench.harness import BenchSpec, outcome, run_bench
-from optuna_autopipe.bench.methods import REVISIONS, Context, get_method
+from optuna_autopipe.bench.methods import REVISIONS, Context, get_method, method_names
 from optuna_autopipe.bench.offline_method import offline_ranker
+from optuna_autopipe.bench.peer_env import PEERS
 from optuna_autopipe.bench.prior_noise import distort
-from optuna_autopipe.bench.report import COLUMNS
+from optuna_autopipe.bench.report import COLUMNS, summarise
 from optuna_autopipe.cli import main
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.ensemble import TreeParams
@@ -262,6 +263,70 @@ def test_every_method_name_resolves_in_a_fresh_process():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] []"
+
+
+def _help_section(text: str, title: str) -> list[str]:
+    """The comma-separated names listed under ``title`` in ``autopipe bench --help``."""
+    section = text.split(f"\n{title}\n", 1)[1].split("\n\n", 1)[0]
+    return [name.strip() for name in section.split(",")]
+
+
+def test_bench_help_lists_every_method_and_the_peers(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal must not split a name
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    available = _help_section(out, "available methods:")
+    assert available == method_names()
+    peers = ["asha-cts", "dehb", "hyper-tune", "mobster", "priorband"]
+    assert {*peers, "llm-desc", "llm-history", "autopipe-fixed-lambda"} <= set(available)
+    title = "of which peers (run in the environment `make peers` builds):"
+    assert _help_section(out, title) == sorted(PEERS) == peers
+    assert set(_help_section(out, "default methods:")) < set(available)
+
+
+@pytest.mark.parametrize(("n", "plural"), [(1, False), (2, True)])
+def test_the_summary_counts_in_the_right_number(n, plural, tmp_path):
+    datasets = DATASETS[:n]
+    table = pd.DataFrame(
+        {
+            "method": "random",
+            "dataset": list(datasets),
+            "normalized_regret": 0.5,
+            "score": 1.0,
+            "regret": 0.1,
+            "cost": 1.0,
+            "cost_real": 1.0,
+            "n_evals": 1,
+            "cost_unit": "full runs",
+            "regret_at_anchor_cost": np.nan,
+        }
+    )
+    spec = BenchSpec(
+        benchmark="nmt",
+        methods=("random",),
+        out=tmp_path,
+        budget=n,
+        seeds=n,
+        datasets=datasets,
+        protocol="few-source",
+        sources=n,
+        workers=n,
+    )
+    text = summarise(table, spec=spec, wall_seconds=1.0)
+    s = "s" if plural else ""
+    assert f"(sources: {n} dataset{s} of other groups," in text
+    assert f"Budget {n} full evaluation{s}, {n} seed{s}, {n} dataset{s}. " in text
+    assert f", {n} worker process{'es' if plural else ''}, Python " in text
+
+
+@pytest.mark.parametrize(("ran", "trials"), [(1, "1 trial"), (3, "3 trials")])
+def test_the_worker_counts_its_trials_in_the_right_number(ran, trials, capsys, monkeypatch):
+    monkeypatch.setattr("optuna_autopipe.worker.worker_main", lambda *a, **k: ran)
+    argv = ["worker", "--storage", "s.log", "--study", "st", "--objective", "m:f"]
+    assert main([*argv, "--n-trials", "5"]) == 0
+    assert f": ran {trials} of study 'st'" in capsys.readouterr().out
 
 
 def _source_spec(storage: str, out: Path, protocol: str) -> BenchSpec:

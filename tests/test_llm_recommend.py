@@ -4,6 +4,7 @@ errors, and the ``llm-desc`` / ``llm-history`` bench methods end to end. No netw
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -32,9 +33,11 @@ from optuna_autopipe.llm_recommend import (
     LLMReplyError,
     LLMRequestError,
     PastDataset,
+    configured_endpoint,
     enqueue_llm_recommendation,
     nearest_datasets,
     recommend,
+    validate,
 )
 from optuna_autopipe.space import suggest
 
@@ -314,11 +317,31 @@ def test_a_reply_that_is_one_fenced_json_block_is_accepted(stub, fence):
     assert _ask().config == VALID
 
 
+#: A reasoning model's thoughts, with a fenced configuration that is not the answer.
+THOUGHTS = f"Maybe lr=1.0?\n```json\n{json.dumps({**VALID, 'opt': 'adam'})}\n```\nNo, lower."
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        f"<think>\n{THOUGHTS}\n</think>\n\n{json.dumps(VALID)}",
+        # the chat template ends the prompt with "<think>": the reply starts inside the block
+        f"{THOUGHTS}\n</think>\n{json.dumps(VALID)}",
+        f"<think>{THOUGHTS}</think>\nHere you go:\n```json\n{json.dumps(VALID)}\n```\nGood luck!",
+        f"Here you go:\n```json\n{json.dumps(VALID, indent=2)}\n```\nGood luck!",
+    ],
+)
+def test_a_leading_think_block_and_prose_around_one_fenced_block_are_skipped(stub, reply):
+    stub.reply(reply)
+    assert _ask().config == VALID
+
+
 @pytest.mark.parametrize(
     ("reply", "message"),
     [
         ("I would use lr=1e-3 and sgd.", "not a JSON object"),
-        (f"Here it is:\n```json\n{json.dumps(VALID)}\n```", "not a JSON object"),
+        (f"Here it is:\n```json\n{json.dumps(VALID)}\n```\nor\n```{{}}```", "2 fenced blocks"),
+        (f"<think>a</think><think>b</think>{json.dumps(VALID)}", "not a JSON object"),
         (json.dumps([VALID]), "not a JSON object"),
         (json.dumps({k: v for k, v in VALID.items() if k != "layers"}), "lacks parameter"),
         (json.dumps({**VALID, "opt": "adamw"}), "opt='adamw', which is not one of its choices"),
@@ -332,7 +355,7 @@ def test_a_reply_that_is_not_a_configuration_is_an_error_naming_it(stub, reply, 
     study = optuna.create_study()
     with pytest.raises(LLMReplyError, match=message) as error:
         enqueue_llm_recommendation(study, search_space=SPACE, features=FEATURES)
-    if "JSON object" in message:
+    if "JSON object" in message or "fenced blocks" in message:
         assert repr(reply[:500]) in str(error.value)
     elif "lacks" in message:
         assert "['layers']" in str(error.value)
@@ -444,6 +467,108 @@ def test_without_a_key_no_authorization_header_is_sent(stub, monkeypatch):
     monkeypatch.delenv("AUTOPIPE_LLM_API_KEY")
     _ask()
     assert "Authorization" not in stub.requests[-1]["headers"]
+
+
+def test_a_blank_base_url_is_not_configured_and_a_bad_one_is_named(monkeypatch):
+    monkeypatch.setenv("AUTOPIPE_LLM_MODEL", "m")
+    monkeypatch.setenv("AUTOPIPE_LLM_BASE_URL", "  ")
+    with pytest.raises(LLMNotConfiguredError, match=r"set AUTOPIPE_LLM_BASE_URL \(or OPENAI_BASE"):
+        ChatClient.from_env()
+    monkeypatch.setenv("OPENAI_BASE_URL", " http://openai.example/v1 ")  # blank falls through
+    assert ChatClient.from_env().url == "http://openai.example/v1/chat/completions"
+    for url in ("localhost:8000/v1", "http://localhost:port/v1"):
+        monkeypatch.setenv("AUTOPIPE_LLM_BASE_URL", url)
+        with pytest.raises(ValueError, match=rf"'{url}' is not an http\(s\) URL with a host"):
+            ChatClient.from_env()
+    with pytest.raises(ValueError, match=r"'http://\*\*\*' is not an http\(s\) URL"):
+        ChatClient(base_url="http://u:pw@localhost:port/v1", model="m")
+
+
+@pytest.mark.parametrize("suffix", ["/chat/completions", "/chat/completions/"])
+def test_a_base_url_ending_in_the_completions_path_is_used_as_it_is(stub, monkeypatch, suffix):
+    monkeypatch.setenv("AUTOPIPE_LLM_BASE_URL", stub.base_url + suffix)
+    assert _ask().config == VALID
+    assert stub.requests[-1]["path"] == "/v1/chat/completions"
+
+
+def test_user_info_in_the_url_is_sent_as_basic_auth_and_never_shown(stub, monkeypatch):
+    base = f"http://alice:s3cret@127.0.0.1:{stub.port}/v1"
+    shown = f"http://***@127.0.0.1:{stub.port}/v1/chat/completions"
+    client = ChatClient(base_url=base, model="m")
+    assert "s3cret" not in repr(client) and "alice" not in repr(client)
+    assert shown in repr(client) and client.shown_url == shown
+    recommend(search_space=SPACE, features=FEATURES, direction="minimize", client=client)
+    (request,) = stub.requests
+    assert request["path"] == "/v1/chat/completions"
+    assert (
+        request["headers"]["Authorization"] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    )
+    stub.queue.append((500, "oops", 0.0))
+    with pytest.raises(LLMRequestError) as error:
+        client.complete([{"role": "user", "content": "hi"}])
+    assert f"POST {shown} failed with HTTP 500" in str(error.value)
+    assert "s3cret" not in str(error.value) and "alice" not in str(error.value)
+    keyed = ChatClient(base_url=base, model="m", api_key="sk-key")
+    keyed.complete([{"role": "user", "content": "hi"}])
+    assert stub.requests[-1]["headers"]["Authorization"] == "Bearer sk-key"
+    monkeypatch.setenv("AUTOPIPE_LLM_BASE_URL", base)
+    assert configured_endpoint()["base_url"] == f"http://***@127.0.0.1:{stub.port}/v1"
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    closed = ChatClient(base_url=f"http://alice:s3cret@localhost:{port}/v1", model="m")
+    with pytest.raises(LLMRequestError, match=rf"POST http://\*\*\*@localhost:{port}/v1/") as error:
+        closed.complete([{"role": "user", "content": "hi"}])
+    assert "s3cret" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("past", "message"),
+    [
+        ({"score": None}, "PastDataset 'ds-x': score=None is not a finite number"),
+        ({"score": math.nan}, "PastDataset 'ds-x': score=nan is not a finite number"),
+        ({"score": "12.5"}, "PastDataset 'ds-x': score='12.5' is not a finite number"),
+        (
+            {"features": {"n": 3, "size": "big"}},
+            "PastDataset 'ds-x': meta-feature 'size'='big' is not a number",
+        ),
+    ],
+)
+def test_a_past_dataset_without_a_finite_score_or_numeric_features_is_refused(past, message):
+    fields = {"name": "ds-x", "features": {"n": 3}, "config": VALID, "score": 1.0}
+    with pytest.raises(ValueError, match=message):
+        PastDataset(**{**fields, **past})
+
+
+def test_unknown_meta_features_are_allowed_and_a_string_one_is_refused(stub):
+    past = PastDataset(
+        name="p", features={"n": np.float32(2), "m": None}, config={}, score=np.float64(1)
+    )
+    with pytest.raises(ValueError, match="The dataset's features: meta-feature 'n'='big'"):
+        recommend(
+            search_space=SPACE,
+            features={"n": "big"},
+            direction="minimize",
+            client=ChatClient.from_env(),
+            history=[past],
+        )
+    assert stub.requests == []
+
+
+MIXED = {"accum": CategoricalDistribution([1, 2, None])}
+
+
+@pytest.mark.parametrize(("proposed", "chosen"), [(2.0, 2), ("2", 2), ("2.0", 2), (None, None)])
+def test_a_number_equal_to_a_choice_of_a_mixed_list_is_that_choice(proposed, chosen):
+    config, corrections = validate({"accum": proposed}, MIXED)
+    assert config == {"accum": chosen} and type(config["accum"]) is type(chosen)
+    assert corrections == []
+
+
+@pytest.mark.parametrize("proposed", [2.5, True, "two"])
+def test_a_value_of_a_mixed_list_that_is_no_choice_is_refused(proposed):
+    with pytest.raises(LLMReplyError, match=r"which is not one of its choices \[1, 2, None\]"):
+        validate({"accum": proposed}, MIXED)
 
 
 def _nmt_spec(tmp_path, methods: tuple[str, ...], seeds: int) -> BenchSpec:

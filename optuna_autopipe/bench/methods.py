@@ -179,6 +179,12 @@ _LAZY = {
 }
 
 
+def method_names() -> list[str]:
+    """Every method name ``get_method`` knows, sorted: those registered, those registered on
+    first use (``_LAZY``) and the peers (``peer_env.PEERS``)."""
+    return sorted({*METHODS, *_LAZY, *PEERS})
+
+
 def get_method(name: str) -> Method:
     """The method registered as ``name``; a clear error lists the known names otherwise.
 
@@ -206,8 +212,7 @@ def get_method(name: str) -> Method:
     if name in RENAMED:
         raise ValueError(f"Method {name!r} is now {RENAMED[name]}.")
     if name not in METHODS:
-        known = sorted({*METHODS, *_LAZY, *PEERS})
-        raise ValueError(f"Unknown method {name!r}; choose from {known}.")
+        raise ValueError(f"Unknown method {name!r}; choose from {method_names()}.")
     return METHODS[name]
 
 

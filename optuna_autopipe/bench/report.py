@@ -29,6 +29,7 @@ import optuna
 import pandas as pd
 
 from objectives.registry import Benchmark
+from optuna_autopipe._text import count
 from optuna_autopipe.bench.methods import PROTOCOL_FREE
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ SOURCES_RULE = {
     "grouped": "every dataset outside the held-out dataset's group",
     "lodo": "every other dataset",
     "single-source": "one dataset of another group, a different one per seed",
-    "few-source": "{k} datasets of other groups, a different set per seed",
+    "few-source": "{k} of other groups, a different set per seed",
 }
 
 
@@ -219,13 +220,13 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
     """The summary page: overall and per-dataset normalised regret, cost, and provenance."""
     per_dataset = table.groupby(["method", "dataset"], sort=False).mean(numeric_only=True)
     methods = list(dict.fromkeys(table["method"]))
-    sources = SOURCES_RULE[spec.protocol].format(k=spec.sources)
+    sources = SOURCES_RULE[spec.protocol].format(k=count(spec.sources, "dataset"))
     lines = [
         f"# {spec.benchmark}: protocol `{spec.tag}` (sources: {sources}), "
         f"prior noise `{spec.prior_noise}`",
         "",
-        f"Budget {spec.budget} full evaluations, {spec.seeds} seed{'s' * (spec.seeds != 1)}, "
-        f"{table['dataset'].nunique()} datasets. Normalised regret "
+        f"Budget {count(spec.budget, 'full evaluation')}, {count(spec.seeds, 'seed')}, "
+        f"{count(table['dataset'].nunique(), 'dataset')}. Normalised regret "
         "(regret / |best − median| of the reference pool, lower is better): mean ± s.e. across "
         "datasets of the per-dataset means over seeds; worst dataset: the highest of those "
         "per-dataset means; datasets > 1.0: how many of them exceed 1.0 (worse than the pool's "
@@ -272,10 +273,11 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
             for d in datasets
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    workers = count(spec.workers, "worker process", "worker processes")
     lines += [
         "",
-        f"Machine: {platform.machine()}, {spec.workers} worker processes, Python "
-        f"{sys.version.split()[0]}, Optuna {optuna.__version__}. "
+        f"Machine: {platform.machine()}, {workers}, Python {sys.version.split()[0]}, "
+        f"Optuna {optuna.__version__}. "
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. "
         f"Wall time of this invocation: {wall_seconds:.0f} s.",
         "",
