@@ -95,6 +95,60 @@ def test_bohb_prunes_on_the_learning_curve_and_spends_exactly_its_budget(nmt):
     assert record["score"] == best_observed.true_score
 
 
+def test_without_a_full_fidelity_result_the_selection_compares_runs_at_the_same_level(nmt):
+    """Runs of different lengths stopped at the same level have different fidelities (3 of 19
+    checkpoints is more of a run than 3 of 28): the selection compares the level's runs by
+    value, not the shortest run, and the record says no run reached full fidelity."""
+    from objectives.replay import Evaluation
+
+    def run(value: float, steps: int, total: int, name: str) -> Evaluation:
+        return Evaluation(
+            config={"name": name},
+            steps=np.zeros(steps),
+            value=value,
+            true_score=value,
+            fidelity=steps / total,
+            cost=steps / total,
+            cost_real=1.0,
+        )
+
+    evaluations = {
+        0: run(32.4, 3, 19, "short run, poor"),
+        1: run(18.0, 3, 28, "long run, good"),
+        2: run(15.0, 2, 10, "a lower level"),
+        3: run(float("nan"), 4, 20, "diverged at the furthest level"),
+    }
+    ctx = Context(
+        task=nmt.task("ted-ru-en"),
+        offline=[],
+        seed=0,
+        budget=1,
+        evaluations=evaluations,
+        study_name="nmt/ted-ru-en/x/seed0",
+    )
+    record = outcome(optuna.create_study(), ctx, protocol="grouped")
+    assert record["selected"] == {"name": "long run, good"}
+    assert record["full_fidelity"] is False
+    table = pd.DataFrame(
+        [
+            {"method": "dehb", "dataset": "d", "full_fidelity": False, "normalized_regret": 1.0},
+            {"method": "dehb", "dataset": "e", "full_fidelity": True, "normalized_regret": 0.0},
+        ]
+    )
+    assert "dehb: 1 of 2" in _partial_line(table)
+
+
+def _partial_line(table: pd.DataFrame) -> str:
+    """The summary's line on studies without a full-fidelity result, from a minimal table."""
+    full = table.reindex(columns=COLUMNS)
+    full[["score", "regret", "cost", "cost_real", "n_evals"]] = 0.0
+    full["cost_unit"] = "s"
+    full["regret_at_anchor_cost"] = np.nan
+    spec = BenchSpec(benchmark="nmt", methods=("dehb",), out=Path("."), seeds=1, workers=1)
+    text = summarise(full, spec=spec, wall_seconds=0.0)
+    return next(line for line in text.splitlines() if line.startswith("Studies without"))
+
+
 def test_bohb_is_reproducible_under_the_study_name(nmt):
     def run():
         ctx = _bohb_context(nmt.task("material-so-en"), seed=3, budget=6)

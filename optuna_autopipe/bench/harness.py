@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import time
@@ -255,7 +256,10 @@ def outcome(study: optuna.Study, ctx: Context, *, protocol: str) -> dict[str, An
     """A study's result: the selected configuration, its true score, cost and trajectory.
 
     The selection is the best observed value among full-fidelity (COMPLETE) trials, or, if
-    no trial reached full fidelity, the best observed value at the highest fidelity reached.
+    no trial reached full fidelity (``full_fidelity`` False), the best finite observed value
+    among the runs at the furthest level any run reached: the most recorded steps (NMT
+    checkpoints, LCBench epochs, post-training RL rungs), not the largest share of a run,
+    which would favour the configurations whose runs are shortest.
     ``trajectory`` holds ``[cumulative cost, true score of the selection so far]`` after
     every evaluation (``None`` before the first full-fidelity result). ``sources`` names the
     offline datasets the method could learn from (``;``-separated); ``study_attrs`` are the
@@ -273,14 +277,18 @@ def outcome(study: optuna.Study, ctx: Context, *, protocol: str) -> dict[str, An
                 [i for i in (incumbent, evaluation) if i is not None], key=lambda e: e.value
             )
         trajectory.append([cost, None if incumbent is None else incumbent.true_score])
+    full = incumbent is not None
     if incumbent is None:
-        top = max(e.fidelity for e in evaluations.values())
+        seen = [e for e in evaluations.values() if math.isfinite(e.value)]
+        furthest = max(len(e.steps) for e in seen or evaluations.values())
         incumbent = better(
-            [e for e in evaluations.values() if e.fidelity == top], key=lambda e: e.value
+            [e for e in seen or evaluations.values() if len(e.steps) == furthest],
+            key=lambda e: e.value,
         )
     return {
         "selected": incumbent.config,
         "score": incumbent.true_score,
+        "full_fidelity": full,
         "cost": cost,
         "cost_real": cost_real,
         "cost_unit": task.cost_unit,

@@ -48,6 +48,7 @@ COLUMNS = [
     "cost",
     "cost_real",
     "n_evals",
+    "full_fidelity",
     "cost_unit",
     "protocol",
     "n_sources",
@@ -115,6 +116,8 @@ def write_outputs(
                 "cost": record["cost"],
                 "cost_real": record["cost_real"],
                 "n_evals": record["n_evals"],
+                # None: stored before the harness recorded it
+                "full_fidelity": record.get("full_fidelity"),
                 "cost_unit": record["cost_unit"],
                 "protocol": spec.protocol,
                 "n_sources": 0 if free else record["n_sources"],
@@ -273,6 +276,20 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
             for d in datasets
         ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    # tables read from results.csv written before this column existed lack it
+    partial = table[table.get("full_fidelity", pd.Series(index=table.index)).eq(False)]
+    if len(partial):
+        by_method = partial.groupby("method", sort=False).size()
+        lines += [
+            "",
+            "Studies without a full-fidelity result (the selection is the best value among the "
+            "runs at the furthest level any run reached): "
+            + "; ".join(
+                f"{method}: {n} of {int((table.method == method).sum())}"
+                for method, n in by_method.items()
+            )
+            + ".",
+        ]
     workers = count(spec.workers, "worker process", "worker processes")
     lines += [
         "",
