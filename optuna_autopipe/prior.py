@@ -143,14 +143,18 @@ class Prior:
 
     @classmethod
     def load(cls, directory: str | Path) -> Prior:
-        """A prior saved by ``save``. Raises when it was written by another MAJOR.MINOR
-        version of optuna-autopipe (a prior without ``prior.json`` is not checked)."""
+        """A prior saved by ``save``. Raises ``ValueError`` when its ``prior.json`` is not
+        a prior record (not a JSON object, or without the ``versions`` every save writes) or
+        was written by another MAJOR.MINOR version of optuna-autopipe (a prior without
+        ``prior.json`` is not checked)."""
         directory = Path(directory)
         record_path = directory / "prior.json"
         try:
             record = json.loads(record_path.read_text()) if record_path.exists() else {}
             if not isinstance(record, dict):
                 raise ValueError(f"a JSON {type(record).__name__}, not an object")
+            if record_path.exists() and not isinstance(record.get("versions"), dict):
+                raise ValueError("no 'versions' object, which every saved prior records")
         except ValueError as exc:
             raise ValueError(
                 f"{record_path} is not a prior record ({exc}); refit with `autopipe fit-prior`."

@@ -107,6 +107,9 @@ def test_corrupt_prior_files_name_the_file_and_the_command(prior, tmp_path):
     (tmp_path / "prior.json").write_text("{broken")
     with pytest.raises(ValueError, match=r"prior\.json is not a prior record.*fit-prior"):
         Prior.load(tmp_path)
+    (tmp_path / "prior.json").write_text('{"garbage": true}')
+    with pytest.raises(ValueError, match=r"not a prior record \(no 'versions'.*fit-prior"):
+        Prior.load(tmp_path)
     prior.save(tmp_path)
     (tmp_path / "ranker-0.json").write_text("{broken")
     with pytest.raises(ValueError, match=r"corrupt or incompatible prior.*fit-prior"):
