@@ -93,12 +93,25 @@ def open_storage(storage_url: str) -> BaseStorage:
     """
     shown = shown_url(storage_url)
     if "://" not in storage_url:
+        scheme = storage_url.partition(":")[0]
+        if ":" in storage_url and scheme.replace("+", "").isalnum() and len(scheme) > 1:
+            raise ValueError(
+                f"Storage {shown} is neither a URL (scheme://...) nor a file; an SQLite "
+                "database is sqlite:///PATH (three slashes, four for an absolute PATH)."
+            )
+        if Path(storage_url).is_dir():
+            raise ValueError(f"Storage {shown} is a directory, not a journal file.")
         if not Path(storage_url).is_file():
             raise FileNotFoundError(f"Storage {shown}: no such journal file ({_JOURNAL_HINT}).")
         try:
-            return JournalStorage(JournalFileBackend(storage_url))
-        except ValueError as exc:  # not text (an SQLite file): UnicodeDecodeError
-            raise ValueError(f"Storage {shown} is not a journal ({exc}); {_JOURNAL_HINT}.") from exc
+            storage = JournalStorage(JournalFileBackend(storage_url))
+        # Optuna's journal replay raises these on lines that are not its operations (not
+        # text, JSON without an op_code, an unknown op_code).
+        except (ValueError, KeyError, TypeError, AssertionError) as exc:
+            raise ValueError(
+                f"Storage {shown} is not a journal ({exc!r}); {_JOURNAL_HINT}."
+            ) from exc
+        return storage
     try:
         url = make_url(storage_url)
         file = url.database if url.get_backend_name() == "sqlite" else None

@@ -296,6 +296,32 @@ def test_an_sqlite_file_given_as_a_path_is_not_read_as_a_journal(tmp_path, capsy
     assert "an SQLite database is sqlite:///PATH" in err
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        ('{"a": 1}\n', " is not a journal"),
+        ("[1, 2]\n", " is not a journal"),
+        ('{"op_code": 99}\n', " is not a journal"),
+        # Optuna skips a line that is not JSON (a write cut short): an empty journal
+        ("hello world\n", "; the studies it holds: none (a path is read as an Optuna journal"),
+    ],
+)
+def test_a_file_that_is_not_a_journal_is_named_not_a_traceback(tmp_path, capsys, content, said):
+    path = tmp_path / "notes.txt"
+    path.write_text(content)
+    code, _, err = _run(capsys, "--storage", str(path), "--study", "s")
+    assert code == 2 and f"{path}{said}" in err
+    assert path.read_text() == content  # left as it was
+
+
+def test_a_directory_or_a_url_missing_its_slashes_is_named(tmp_path, capsys):
+    code, _, err = _run(capsys, "--storage", str(tmp_path), "--study", "s")
+    assert code == 2 and "is a directory, not a journal file" in err
+    code, _, err = _run(capsys, "--storage", f"sqlite:{tmp_path}/x.db", "--study", "s")
+    assert code == 2 and "is neither a URL (scheme://...) nor a file" in err
+    assert not any(tmp_path.iterdir())
+
+
 def test_an_unreachable_server_is_named_without_its_password(capsys):
     url = "postgresql+psycopg2://autopipe:secret@127.0.0.1:1/autopipe"
     code, out, err = _run(capsys, "--storage", url, "--study", "sft")
