@@ -49,6 +49,7 @@ does the same for a configuration unless the study already holds its full-fideli
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -60,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 
-from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics, stop_step
+from optuna_autopipe.dynamics import DYNAMICS_ATTR, TrainingDynamics, scalar, stop_step
 from optuna_autopipe.profile import DatasetProfile
 
 if TYPE_CHECKING:
@@ -202,7 +203,11 @@ class AutoPipeEarlyStop:
         self.dynamics.record(step, metrics)
         if self.primary is None:
             self.primary = next((m for m in PRIMARY_DEFAULTS if m in metrics), None)
-        value = self._oriented(metrics.get(self.primary)) if intermediate is None else intermediate
+        value = (
+            self._oriented(scalar(metrics.get(self.primary)))
+            if intermediate is None
+            else intermediate
+        )
         if isinstance(value, int | float) and math.isfinite(value) and step not in self._reported:
             self.trial.report(float(value), step=int(step))
             self._reported.add(int(step))
@@ -361,6 +366,28 @@ def promote(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 def stopped_early(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether ``trial`` ended PRUNED by the hook's early stop (not by a pruner)."""
     return trial.state == optuna.trial.TrialState.PRUNED and STOP_STEP_ATTR in trial.user_attrs
+
+
+def diverged(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` was early-stopped after its run diverged: the last value it logged of
+    a metric named like a loss (``loss``, ``perplexity``, ``error``, ``nll``) is NaN or
+    infinite. Such a stop says nothing about the configuration's final score; the sampler
+    counts it as a failure (``failures.py``)."""
+    record = trial.user_attrs.get(DYNAMICS_ATTR)
+    return stopped_early(trial) and isinstance(record, str) and _diverged(record)
+
+
+@functools.lru_cache(maxsize=4096)
+def _diverged(record: str) -> bool:
+    try:
+        metrics = TrainingDynamics.from_json(record).metrics
+    except ValueError:
+        return False
+    return any(
+        series and not math.isfinite(series[-1][1])
+        for name, series in metrics.items()
+        if _LOWER_IS_BETTER.search(name)
+    )
 
 
 def verify(study: optuna.Study, params: Mapping[str, Any]) -> optuna.trial.FrozenTrial | None:

@@ -34,8 +34,10 @@ from optuna_autopipe.early_stop import (
     FRACTION_ATTR,
     PRIOR_SCORE_ATTR,
     PROMOTED_FROM_ATTR,
+    RESIDUAL_ATTR,
     STOP_STEP_ATTR,
     agrees,
+    diverged,
     full_fidelity_result,
     proxy_of,
     stopped_early,
@@ -147,12 +149,24 @@ def early_stop(
         shown = _at_stop(dynamics, attrs[STOP_STEP_ATTR])
         if shown:
             text += " Logged at the stop: " + ", ".join(f"{n} {v:.4g}" for n, v in shown) + "."
+    if diverged(trial):
+        text += (
+            " **The run diverged** before the stop (a loss is NaN or infinite): AutoPipe "
+            "counts it as a failure, not an observation: it is not promoted or recommended, "
+            "and its region is avoided (P(fail | x))."
+        )
     proxy = proxy_of(trial)
     if proxy is not None:
         text += (
             " Proxy (the early-stop regressor's prediction of the final score, in the "
             f"prior's standardised units, higher is better): **{proxy[0]:.3g}** ± "
             f"{math.sqrt(proxy[1]):.2g}."
+        )
+    elif RESIDUAL_ATTR in attrs:
+        text += (
+            f" No proxy: the regressor's residual r̂ = {attrs[RESIDUAL_ATTR]:.3g} needs the prior "
+            "score s(x) the sampler records when it chooses a configuration, and it did not "
+            "choose this one (enqueued or fixed)."
         )
     else:
         text += " No proxy (the hook had no regressor)."
@@ -164,7 +178,13 @@ def early_stop(
                 f"early-stopped configurations so far (best: trial {ranking[0]})."
             )
         return text
-    others = [t for t in trials if STOP_STEP_ATTR in t.user_attrs and t.number != trial.number]
+    if diverged(trial):
+        return text
+    others = [
+        t
+        for t in trials
+        if STOP_STEP_ATTR in t.user_attrs and t.number != trial.number and not diverged(t)
+    ]
     own, key = _observation(trial, proxy is not None)
     scored = [(t.number, _observation(t, proxy is not None)[0]) for t in others]
     scored = [(n, v) for n, v in scored if v is not None]
@@ -209,8 +229,13 @@ def outcome(trial: FrozenTrial) -> str:
         if diverged is not None:
             name, step = diverged
             text += f" The metric {name} became NaN or infinite at step {step:g}: the run diverged."
+    elif trial.intermediate_values:
+        text += (
+            f" Its last intermediate value is at step {max(trial.intermediate_values)}; the hook "
+            "writes the dynamics in `finish()`, which the exception skipped."
+        )
     elif trial.params:
-        text += " It logged no training step (it failed while setting up, e.g. out of memory)."
+        text += " It reported no training step (it failed while setting up, e.g. out of memory)."
     return (
         text + " AutoPipe does not propose this configuration again while others are free, and "
         "avoids its region (P(fail | x), the failure model)."

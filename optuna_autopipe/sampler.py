@@ -90,6 +90,7 @@ from optuna_autopipe.early_stop import (
     PROMOTED_FROM_ATTR,
     PROXY_ATTR,
     RESIDUAL_ATTR,
+    diverged,
     proxy_of,
     stopped_early,
 )
@@ -708,16 +709,18 @@ class AutoPipeSampler(BaseSampler):
         of ``space`` each held when it failed: every candidate that agrees with one failed
         too (a run that failed before suggesting a parameter fails whatever its value, and a
         branch that does not use it fails with any). Those a ``finished`` configuration
-        agrees with are left out. Also returned: those whose run itself failed
-        (``RUN_FAILED_ATTR``), not a worker that vanished."""
-        numbers = failed_numbers(trials)
+        agrees with are left out. An early stop whose run diverged (``early_stop.diverged``)
+        counts as a failure. Also returned: those whose run itself failed
+        (``RUN_FAILED_ATTR``, or diverged), not a worker that vanished."""
+        lost = {t.number for t in trials if diverged(t)}
+        numbers = failed_numbers(trials) | lost
         failed, ran = [], []
         for trial in trials:
             held = {n: trial.params[n] for n in space if n in trial.params}
             if trial.number not in numbers or not held or _matching(finished, [held]).any():
                 continue
             failed.append(held)
-            if trial.user_attrs.get(RUN_FAILED_ATTR):
+            if trial.user_attrs.get(RUN_FAILED_ATTR) or trial.number in lost:
                 ran.append(held)
         return failed, ran
 
@@ -829,6 +832,8 @@ class AutoPipeSampler(BaseSampler):
             return _Observation(config=config, z=value, variance=self.full_noise, full=True)
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             return None
+        if diverged(trial):  # a failure (``_failed``), not an observation
+            return None
         proxy = proxy_of(trial)
         if proxy is None and signal is not None and stopped_early(trial):
             proxy = (math.nan, signal.variance)  # the cut signal needs only the dynamics
@@ -861,6 +866,8 @@ class AutoPipeSampler(BaseSampler):
         early = [i for i, (_, o) in enumerate(pairs) if not o.full]
         if signal is not None and early:
             cuts = np.array([self._cut_value(pairs[i][0], signal, fraction) for i in early])
+            if not np.isfinite(cuts).all():
+                self._warn_unread_cut(signal, [pairs[i][0] for i in early], cuts)
             if np.isfinite(cuts).all():
                 for i, c in zip(early, standardise(cuts), strict=True):
                     observed[i] = replace(observed[i], z=signal.slope * c, variance=signal.variance)
@@ -879,6 +886,34 @@ class AutoPipeSampler(BaseSampler):
         if not np.isfinite(cuts).all():
             return None
         return {n: seen[int(np.argmax(cuts))].params.get(n) for n in space}
+
+    def _warn_unread_cut(
+        self, signal: CutSignal, trials: Sequence[FrozenTrial], cuts: np.ndarray
+    ) -> None:
+        """Once: some early stops lack the prior's cut feature, so all are read by their
+        proxies (``_observed``), which rank them by little when the metric is missing."""
+        if "<cut>" in self._warned:
+            return
+        self._warned.add("<cut>")
+        metric = signal.feature.split(".")[0]
+        logged = sorted(
+            {
+                name
+                for t in trials
+                if isinstance(t.user_attrs.get(DYNAMICS_ATTR), str)
+                for name in TrainingDynamics.from_json(t.user_attrs[DYNAMICS_ATTR]).metrics
+            }
+        )
+        unread = [t.number for t, c in zip(trials, cuts, strict=True) if not math.isfinite(c)]
+        warnings.warn(
+            f"The prior reads early stops by {signal.feature} (its cut signal), which "
+            f"{len(unread)} of {len(trials)} early-stopped trials lack (e.g. trial {unread[0]}; "
+            f"the metrics they log: {logged}); every early stop is read by its proxy instead, "
+            f"whose regressor may read {metric!r} too, so the ranking of early stops (and the "
+            f"promotions) rests on little. Log {metric!r} up to the cut (for an eval metric, "
+            "evaluate before the stop), or refit the prior on studies that log what this one does.",
+            stacklevel=4,
+        )
 
     def _cut_value(self, trial: FrozenTrial, signal: CutSignal, fraction: float) -> float:
         """The oriented cut feature, at ``fraction``, of a trial's recorded dynamics (NaN

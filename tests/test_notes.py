@@ -21,9 +21,10 @@ from optuna_autopipe import notes
 from optuna_autopipe._storage_attrs import live_trial
 from optuna_autopipe.corpus import Corpus
 from optuna_autopipe.dynamics import TrainingDynamics
-from optuna_autopipe.early_stop import AutoPipeEarlyStop, promote
+from optuna_autopipe.early_stop import AutoPipeEarlyStop, diverged, promote
 from optuna_autopipe.ensemble import TreeParams
 from optuna_autopipe.prior import Prior, fit_prior
+from optuna_autopipe.promotion import promote_best
 from optuna_autopipe.sampler import AutoPipeSampler
 
 SPACE = {"x": FloatDistribution(0.0, 1.0), "w": FloatDistribution(0.0, 1.0)}
@@ -234,3 +235,80 @@ def test_the_trial_counts_name_each_kind_of_trial_for_what_it_is():
         "1 complete with a value that is not finite, 1 pruned by the pruner; "
         "promoted from early stops: 1 (1 pruned)"
     )
+
+
+def test_a_trial_that_raised_mid_run_is_not_said_to_have_logged_nothing(prior):
+    sampler = AutoPipeSampler(prior, FEATURES, seed=0, n_samples=256, budget=3, n_startup=2)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("w", 0.0, 1.0)
+        hook = AutoPipeEarlyStop(trial, total_steps=20, regressor=prior.regressor, dataset=FEATURES)
+        for step in range(1, 8):
+            hook.report(step, {"loss": 3.0 - step / 10})
+        raise RuntimeError("CUDA out of memory")  # before hook.finish()
+
+    study.optimize(objective, n_trials=1, catch=(RuntimeError,))
+    note = _note(study, study.trials[0])
+    assert "Its last intermediate value is at step 7" in note
+    assert "reported no training step" not in note
+
+
+def test_an_enqueued_trial_says_why_its_residual_has_no_proxy(prior):
+    assert prior.regressor is not None and prior.regressor.target == "residual"
+    sampler = AutoPipeSampler(prior, FEATURES, seed=0, n_samples=256, budget=3, n_startup=2)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({"x": 0.5, "w": 0.5})
+    study.optimize(_objective(prior), n_trials=1)
+    note = _note(study, study.trials[0])
+    assert "No proxy: the regressor's residual" in note and "did not choose this one" in note
+
+
+def test_a_run_that_diverged_before_its_early_stop_is_a_failure_not_a_candidate(prior):
+    """A too-high learning rate: the loss is NaN at the cut. Such a stop is not observed,
+    not promoted, not recommended, and its region counts as failed."""
+    rng = np.random.default_rng(0)
+
+    def objective(trial: optuna.Trial) -> float:
+        x, w = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("w", 0.0, 1.0)
+        hook = AutoPipeEarlyStop(trial, total_steps=20, regressor=prior.regressor, dataset=FEATURES)
+        for step, loss in enumerate(toy_losses(w - 0.5, rng), 1):
+            if hook.report(step, {"loss": math.nan if x > 0.5 and step > 6 else float(loss)}):
+                break
+        hook.finish()
+        return x + w
+
+    sampler = AutoPipeSampler(prior, FEATURES, seed=0, n_samples=256, budget=8, n_startup=3)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({"x": 0.9, "w": 0.9})  # diverges: the prior's kind of favourite
+    study.enqueue_trial({"x": 0.2, "w": 0.3})
+    study.optimize(objective, n_trials=8)
+    lost = [t.number for t in study.trials if t.params["x"] > 0.5]
+    assert 0 in lost and all(diverged(t) for t in study.trials if t.number in lost)
+    ranked = [t.number for t in sampler.early_stop_ranking(study)]
+    assert ranked and not set(ranked) & set(lost)
+    assert sampler.recommend(study)["x"] <= 0.5
+    promoted = promote_best(study, sampler)
+    assert promoted and not set(promoted) & set(lost)
+    assert "**The run diverged** before the stop" in _note(study, study.trials[0])
+    later = [t for t in study.trials if t.number > 0 and "autopipe:failures" in t.user_attrs]
+    assert later and all(t.user_attrs["autopipe:failures"] >= 1 for t in later)
+
+
+def test_early_stops_that_lack_the_priors_cut_metric_are_warned_about(prior):
+    assert prior.regressor is not None and prior.regressor.uses_cut
+    rng = np.random.default_rng(0)
+
+    def objective(trial: optuna.Trial) -> float:
+        x, w = trial.suggest_float("x", 0.0, 1.0), trial.suggest_float("w", 0.0, 1.0)
+        hook = AutoPipeEarlyStop(trial, total_steps=20, regressor=prior.regressor, dataset=FEATURES)
+        for step, loss in enumerate(toy_losses(w - 0.5, rng), 1):
+            if hook.report(step, {"val_loss": float(loss)}):  # the past studies logged "loss"
+                break
+        hook.finish()
+        return x + w
+
+    sampler = AutoPipeSampler(prior, FEATURES, seed=0, n_samples=256, budget=4, n_startup=2)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    with pytest.warns(UserWarning, match=r"reads early stops by loss\..*lack.*\['val_loss'\]"):
+        study.optimize(objective, n_trials=4)
