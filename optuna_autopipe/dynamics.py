@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +61,13 @@ class TrainingDynamics:
             raise ValueError(f"total_steps must be a positive integer, got {self.total_steps!r}.")
         self.total_steps = int(self.total_steps)
 
-    def record(self, step: float, values: Mapping[str, float]) -> None:
-        """Append one logging event (every numeric value in ``values``) at ``step``."""
+    def record(self, step: float, values: Mapping[str, Any]) -> None:
+        """Append one logging event (every numeric value in ``values``, ``scalar``) at
+        ``step``."""
         for name, value in values.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                self.metrics.setdefault(name, []).append([float(step), float(value)])
+            number = scalar(value)
+            if number is not None:
+                self.metrics.setdefault(name, []).append([float(step), number])
 
     @property
     def last_step(self) -> float:
@@ -143,6 +146,19 @@ class TrainingDynamics:
                 '{"total_steps": N, "metrics": {name: [[step, value], ...]}} as written by '
                 "AutoPipeEarlyStop."
             ) from exc
+
+
+def scalar(value: Any) -> float | None:
+    """``value`` as a float when it is one number: a Python or NumPy number, or a 0-d array or
+    tensor (``torch.tensor(0.3)``); ``None`` for anything else (text, lists, booleans)."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    if isinstance(value, numbers.Real) or getattr(value, "shape", None) == ():
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def _plain(x: float) -> float | int | None:

@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import optuna
 import pytest
 
 from optuna_autopipe.dynamics import STATISTICS, TrainingDynamics, dynamics_features, feature_names
@@ -116,3 +117,24 @@ def test_thinning_keeps_the_ends_of_long_series():
 def test_malformed_dynamics_records_raise_a_clear_error(bad):
     with pytest.raises(ValueError, match="trial 7 is not a training-dynamics record"):
         TrainingDynamics.from_json(bad, source="trial 7")
+
+
+def test_numpy_and_tensor_scalars_are_recorded_and_reported_and_booleans_are_not():
+    import torch
+
+    from optuna_autopipe.early_stop import AutoPipeEarlyStop
+
+    dynamics = TrainingDynamics(total_steps=3)
+    values = {"a": np.float32(0.5), "b": torch.tensor(0.25), "c": True, "d": "x"}
+    dynamics.record(1, {**values, "e": np.array([1.0, 2.0])})
+    assert dynamics.metrics == {"a": [[1.0, 0.5]], "b": [[1.0, 0.25]]}
+    study = optuna.create_study()
+    trial = study.ask()
+    hook = AutoPipeEarlyStop(trial, total_steps=4, fraction=1.0)
+    for step in (1, 2):
+        hook.report(step, {"loss": torch.tensor(3.0 - step), "flag": True})
+    hook.finish()
+    assert study.trials[0].intermediate_values == {1: 2.0, 2: 1.0}
+    assert set(TrainingDynamics.from_json(trial.user_attrs["autopipe:dynamics"]).metrics) == {
+        "loss"
+    }
