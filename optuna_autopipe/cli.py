@@ -136,7 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("fit-prior", help="fit the ranking prior on past runs")
     source = fit.add_mutually_exclusive_group(required=True)
     source.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="a recorded benchmark")
-    source.add_argument("--storage", help="storage URL of past studies (with --studies)")
+    source.add_argument(
+        "--storage", help="storage of past studies (with --studies): an RDB URL or a journal file"
+    )
     fit.add_argument(
         "--studies", type=_methods, help="comma-separated study names, one per dataset"
     )
@@ -339,6 +341,7 @@ def _fit_prior(args: argparse.Namespace) -> int:
     from objectives.registry import load_benchmark
     from optuna_autopipe.corpus import Corpus
     from optuna_autopipe.prior import DEFAULT_FRACTIONS, DEFAULT_GRID, fit_prior
+    from optuna_autopipe.recommend import open_storage
 
     if args.benchmark:
         benchmark = load_benchmark(args.benchmark, data_dir=args.data_dir, pool_size=args.pool_size)
@@ -346,7 +349,7 @@ def _fit_prior(args: argparse.Namespace) -> int:
     elif not args.studies:
         raise ValueError("--storage needs --studies: the past studies, one per dataset.")
     else:
-        corpus = Corpus.from_studies(args.storage, args.studies)
+        corpus = Corpus.from_studies(open_storage(args.storage), args.studies)
     prior = fit_prior(
         corpus,
         grid=DEFAULT_GRID[:1] if args.no_tune else DEFAULT_GRID,

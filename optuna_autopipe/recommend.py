@@ -109,7 +109,8 @@ def open_storage(storage_url: str) -> BaseStorage:
         # text, JSON without an op_code, an unknown op_code).
         except (ValueError, KeyError, TypeError, AssertionError) as exc:
             raise ValueError(
-                f"Storage {shown} is not a journal ({exc!r}); {_JOURNAL_HINT}."
+                f"Storage {shown} is not a journal ({type(exc).__name__}: {str(exc)[:120]}); "
+                f"{_JOURNAL_HINT}."
             ) from exc
         return storage
     try:

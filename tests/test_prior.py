@@ -6,6 +6,7 @@ import numpy as np
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution
+from optuna.storages.journal import JournalFileBackend
 
 from optuna_autopipe.cli import main
 from optuna_autopipe.corpus import Corpus
@@ -75,6 +76,16 @@ def test_cli_fits_a_prior_from_studies_and_from_a_benchmark(tmp_path, nmt, capsy
     )
     from_studies = Prior.load(tmp_path / "a")
     assert from_studies.record["corpus"] == {t.name: 13 for t in nmt.tasks[:2]}
+    journal = str(tmp_path / "past.journal")  # a journal file's path, as recommend takes it
+    for task in nmt.tasks[:2]:
+        optuna.copy_study(
+            from_study_name=task.name,
+            from_storage=storage,
+            to_storage=optuna.storages.JournalStorage(JournalFileBackend(journal)),
+        )
+    out = str(tmp_path / "j")
+    assert main(["fit-prior", "--storage", journal, "--studies", studies, "--out", out]) == 0
+    assert Prior.load(out).record["corpus"] == from_studies.record["corpus"]
     assert from_studies.regressor is not None  # the studies' trials recorded their dynamics
     assert from_studies.regressor.metrics == ["dev_perplexity"]
     assert main(["fit-prior", "--benchmark", "nmt", "--no-tune", "--out", str(tmp_path / "b")]) == 0
