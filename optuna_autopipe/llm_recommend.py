@@ -119,15 +119,17 @@ class ChatClient:
     shown_url: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        root = self.base_url.strip().rstrip("/")
-        full = root if root.endswith(COMPLETIONS_PATH) else root + COMPLETIONS_PATH
-        object.__setattr__(self, "shown_url", shown_url(full))
-        parts = _split(full)
+        parts = _split(self.base_url.strip())
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
                 f"The LLM base URL {shown_url(self.base_url)!r} is not an http(s) URL with a "
                 f"host; give the API root, e.g. {ENV_BASE_URL}=http://localhost:8000/v1."
             )
+        path = parts.path.rstrip("/")
+        path = path if path.endswith(COMPLETIONS_PATH) else path + COMPLETIONS_PATH
+        # the path goes before a query (Azure's ?api-version=...), which is kept
+        full = urlunsplit(parts._replace(path=path))
+        object.__setattr__(self, "shown_url", shown_url(full))
 
     @property
     def url(self) -> str:

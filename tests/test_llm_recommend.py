@@ -491,6 +491,13 @@ def test_a_base_url_ending_in_the_completions_path_is_used_as_it_is(stub, monkey
     assert stub.requests[-1]["path"] == "/v1/chat/completions"
 
 
+def test_a_query_in_the_base_url_stays_after_the_path(stub, monkeypatch):
+    """Azure-style endpoints carry ``?api-version=...``: the path goes before it."""
+    monkeypatch.setenv("AUTOPIPE_LLM_BASE_URL", stub.base_url + "?api-version=2024-06-01")
+    assert _ask().config == VALID
+    assert stub.requests[-1]["path"] == "/v1/chat/completions?api-version=2024-06-01"
+
+
 def test_user_info_in_the_url_is_sent_as_basic_auth_and_never_shown(stub, monkeypatch):
     base = f"http://alice:s3cret@127.0.0.1:{stub.port}/v1"
     shown = f"http://***@127.0.0.1:{stub.port}/v1/chat/completions"
