@@ -185,8 +185,10 @@ def early_stop(
         for t in trials
         if STOP_STEP_ATTR in t.user_attrs and t.number != trial.number and not diverged(t)
     ]
-    own, key = _observation(trial, proxy is not None)
-    scored = [(t.number, _observation(t, proxy is not None)[0]) for t in others]
+    by_proxy = proxy is not None
+    key = "proxy" if by_proxy else "the last intermediate value"
+    own = _observation(trial, by_proxy)
+    scored = [(t.number, _observation(t, by_proxy)) for t in others]
     scored = [(n, v) for n, v in scored if v is not None]
     if own is not None and scored:
         # proxies are standardised scores; intermediate values are oriented like the study
@@ -225,9 +227,9 @@ def outcome(trial: FrozenTrial) -> str:
     dynamics = _dynamics(attrs)
     if dynamics is not None and dynamics.metrics:
         text += f" The last logged step was {dynamics.last_step:g} of {dynamics.total_steps}."
-        diverged = _first_nonfinite(dynamics)
-        if diverged is not None:
-            name, step = diverged
+        first = _first_nonfinite(dynamics)
+        if first is not None:
+            name, step = first
             text += f" The metric {name} became NaN or infinite at step {step:g}: the run diverged."
     elif trial.intermediate_values:
         text += (
@@ -472,12 +474,12 @@ def _first_nonfinite(dynamics: TrainingDynamics) -> tuple[str, float] | None:
     return (min(hits)[1], min(hits)[0]) if hits else None
 
 
-def _observation(trial: FrozenTrial, by_proxy: bool) -> tuple[float | None, str]:
+def _observation(trial: FrozenTrial, by_proxy: bool) -> float | None:
     """A trial's early-stop observation for ranking: its proxy, or its last intermediate
-    value (the primary metric, oriented like the study), with what it is called."""
+    value (the primary metric, oriented like the study)."""
     if by_proxy:
         proxy = proxy_of(trial)
-        return (None if proxy is None else proxy[0]), "proxy"
+        return None if proxy is None else proxy[0]
     if not trial.intermediate_values:
-        return None, "the last intermediate value"
-    return trial.intermediate_values[max(trial.intermediate_values)], "the last intermediate value"
+        return None
+    return trial.intermediate_values[max(trial.intermediate_values)]
