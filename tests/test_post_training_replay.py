@@ -214,7 +214,7 @@ def test_a_second_training_seed_scores_each_configuration_by_the_mean(root, tiny
     import json
     import shutil
 
-    from objectives.post_training.corpus_report import seed_noise
+    from objectives.post_training.corpus_report import report, seed_noise
     from objectives.post_training.mini_corpus import (
         RUN_INDEX_ATTR,
         config_key,
@@ -284,3 +284,10 @@ def test_a_second_training_seed_scores_each_configuration_by_the_mean(root, tiny
     assert float(cells[5]) == pytest.approx(np.sqrt(np.mean([v**2 for v in sd.values()])), abs=1e-3)
     assert float(cells[6]) == pytest.approx(np.std([0.2, 0.0, 0.3], ddof=1), abs=1e-3)
     assert seed_noise(storage, ["compare-swap"]) == []  # one seed only
+    # the report's tables read the same means: scores, and after SFT (rung "0") as after RL
+    summary, rest = report(out, ["yesno"]).split("Two stages:")
+    two_stages = rest.split("Training seeds:")[0]
+    (row,) = [line for line in summary.splitlines() if line.startswith("| yesno |")]
+    assert row == "| yesno | 4 | 0 | 0.125 | 0.000 | 0.100 | 0.300 |"
+    (row,) = [line for line in two_stages.splitlines() if line.startswith("| yesno |")]
+    assert row.split(" | ")[1:5] == ["4", "0.125 / 0.300", "0.125 / 0.300", "+0.000"]

@@ -5,7 +5,7 @@ their RL fidelities (v2), what RL does (``two_stage``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from objectives.post_training.mini_corpus import (
     RUN_INDEX_ATTR,
     V1,
     MiniCorpus,
+    config_key,
     dataset_files,
     fail_lost_runs,
     journal,
@@ -90,14 +91,37 @@ def seed_spread(
     return study
 
 
-def _importances(study: optuna.Study, scores: np.ndarray) -> dict[str, float]:
-    """fANOVA importances (Optuna) of the study's parameters; empty when every finished run
-    has the same score (no variance to share)."""
-    if len(scores) < 2 or np.ptp(scores) == 0:
+def _importances(study: optuna.Study, scores: Mapping[str, float]) -> dict[str, float]:
+    """fANOVA importances (Optuna) of the study's parameters for ``scores`` (configuration key
+    -> score; the study's runs of other configurations are left out); empty when every
+    configuration has the same score (no variance to share)."""
+    values = np.array(list(scores.values()))
+    if len(values) < 2 or np.ptp(values) == 0:
         return {}
     return optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        study,
+        evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+        target=lambda t: scores.get(config_key(t.params), np.nan),
     )
+
+
+def _seed_means(
+    storage: optuna.storages.BaseStorage, name: str
+) -> tuple[list[optuna.trial.FrozenTrial], dict[str, float], dict[str, float | None]]:
+    """Dataset ``name``'s configurations as the corpus scores them: the first finished run of
+    each (its params and dynamics; training seed 0 where it finished), the final score
+    averaged over the configuration's finished training seeds, and the score after SFT
+    (``autopipe:rl_fidelity`` level "0") averaged likewise (None where a run did not record
+    it). Keys: ``config_key`` of the params."""
+    runs = seeded_runs(storage, study_name(name))
+    final = {key: float(np.mean([t.value for t in seeds])) for key, seeds in runs.items()}
+    sft = {
+        key: float(np.mean([t.user_attrs[RL_FIDELITY_ATTR]["0"]["score"] for t in seeds]))
+        if all(RL_FIDELITY_ATTR in t.user_attrs for t in seeds)
+        else None
+        for key, seeds in runs.items()
+    }
+    return [seeds[0] for seeds in runs.values()], final, sft
 
 
 def _cost_table(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> list[str]:
@@ -135,6 +159,9 @@ def report(out: str | Path, datasets: Sequence[str]) -> str:
     storage = journal(Path(out))
     names = {s.study_name for s in storage.get_all_studies()}
     lines = [
+        "Scores: a configuration's score is the mean over its finished training seeds (what "
+        "the prior learns and the post-training replay observes); runs: configurations.",
+        "",
         "| dataset | runs | failed | score mean | min | median | max |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -142,18 +169,20 @@ def report(out: str | Path, datasets: Sequence[str]) -> str:
     by_value: dict[str, dict[str, list[float]]] = {}
     for task in datasets:
         study = optuna.load_study(study_name=study_name(task), storage=storage)
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         # pipeline failures; a run a stopped generation lost is FAIL without the attr
         failed = sum(FAILURE_ATTR in t.user_attrs for t in study.get_trials(deepcopy=False))
-        scores = np.array([t.value for t in done])
+        done, final, _ = _seed_means(storage, task)
+        scores = np.array(list(final.values()))
         lines.append(
             f"| {task} | {len(done)} | {failed} | {scores.mean():.3f} | {scores.min():.3f} | "
             f"{np.median(scores):.3f} | {scores.max():.3f} |"
         )
-        importances[task] = _importances(study, scores)
+        importances[task] = _importances(study, final)
         for t in done:
             for name, value in t.params.items():
-                by_value.setdefault(name, {}).setdefault(str(value), []).append(t.value)
+                by_value.setdefault(name, {}).setdefault(str(value), []).append(
+                    final[config_key(t.params)]
+                )
     params = sorted({p for imp in importances.values() for p in imp})
     lines += ["", "fANOVA importance of each hyperparameter (Optuna), per dataset:", ""]
     lines += ["| parameter | " + " | ".join(datasets) + " |", "|---" * (len(datasets) + 1) + "|"]
@@ -204,26 +233,26 @@ SFT_SIGNALS = (("loss.late.mean", -1.0), ("mean_token_accuracy.late.mean", 1.0))
 
 
 def two_stage(storage: optuna.storages.BaseStorage, datasets: Sequence[str]) -> list[str]:
-    """Per dataset, over the finished runs that recorded ``autopipe:rl_fidelity``: the mean
-    and best score after SFT (no RL) and after RL, the mean RL gain (final - after SFT), the
-    share of the score's variance due to the RL settings (sum of the fANOVA importances of the
-    ``rl_*`` parameters) and the Spearman correlation of early SFT signals (50% of SFT steps,
-    ``SFT_SIGNALS``) with the final score. Empty when no run recorded RL fidelities."""
+    """Per dataset, over the configurations whose runs recorded ``autopipe:rl_fidelity``
+    (scores averaged over training seeds, ``_seed_means``): the mean and best score after SFT
+    (no RL) and after RL, the mean RL gain (final - after SFT), the share of the score's
+    variance due to the RL settings (sum of the fANOVA importances of the ``rl_*``
+    parameters) and the Spearman correlation of the first run's early SFT signals (50% of
+    SFT steps, ``SFT_SIGNALS``: what a replayed early stop observes) with the final score.
+    Empty when no run recorded RL fidelities."""
     from scipy.stats import spearmanr
 
     rows, shares = [], []
     for name in datasets:
         study = optuna.load_study(study_name=study_name(name), storage=storage)
-        done = [
-            t
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if RL_FIDELITY_ATTR in t.user_attrs
-        ]
+        first, finals, sfts = _seed_means(storage, name)
+        done = [t for t in first if sfts[config_key(t.params)] is not None]
         if len(done) < 3:
             continue
-        final = np.array([t.value for t in done])
-        sft = np.array([t.user_attrs[RL_FIDELITY_ATTR]["0"]["score"] for t in done])
-        importance = _importances(study, final)
+        scores = {config_key(t.params): finals[config_key(t.params)] for t in done}
+        final = np.array(list(scores.values()))
+        sft = np.array([sfts[key] for key in scores])
+        importance = _importances(study, scores)
         share = (
             sum(v for p, v in importance.items() if p.startswith("rl_")) if importance else np.nan
         )
