@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
 QUICK := --budget 15 --seeds 2 --methods random,tpe,gp,bohb,random1,global,smac
 
-.PHONY: peers install demo demo-replay test lint bench-quick bench bench-stress bench-post-training reference-check bench-prior bench-sampler
+.PHONY: peers install demo demo-replay test lint bench-quick bench bench-stress bench-post-training bench-peers reference-check bench-prior bench-sampler
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -92,6 +92,21 @@ bench-post-training: $(STAMP)
 	$$run --out runs/post-training/single --protocol single-source --methods $(STRESS_BASE); \
 	$$run --out runs/post-training/inverted --prior-noise inverted --methods $(STRESS_BASE); \
 	$(PY) benchmarks/paper_table.py runs/post-training/grouped/results.csv
+
+# The peers outside Optuna (docs/peers.md) beside AutoPipe and the strongest Optuna baselines,
+# one storage per benchmark, grouped protocol, budget 15, 5 seeds; the post-training replay
+# shares bench-post-training's storage (finished studies are read, not rerun). PEERS picks the
+# peers: the GP ones (mobster, hyper-tune) refit at every suggestion, about 20 h on LCBench
+# on 2 cores, so the default is the fast three (make bench-peers PEERS=... for the others).
+PEERS ?= dehb,priorband,asha-cts
+PEERS_BENCHMARKS ?= nmt post-training lcbench
+bench-peers: $(STAMP) $(PEERS_STAMP)
+	set -e; for b in $(PEERS_BENCHMARKS); do \
+	  db=runs/peers/$$b.db; [ $$b = post-training ] && db=runs/post-training/bench.db; \
+	  mkdir -p runs/peers; \
+	  $(VENV)/bin/autopipe bench --benchmark $$b --budget 15 --seeds 5 --storage sqlite:///$$db \
+	    --out runs/peers/$$b --methods autopipe,autopipe-full,tpe,gp,smac,bohb,$(PEERS); \
+	done
 
 # Baselines under the independent check's settings (../shared/benchmarks/README.md): 10 seeds,
 # LCBench without observation noise. Compare with docs/benchmarks.md.

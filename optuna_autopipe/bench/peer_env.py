@@ -1,7 +1,7 @@
 """The peers' environment: benchmark methods from packages whose pins clash with the
 project's (Syne Tune 0.13 needs numpy < 1.27, DEHB 0.1.2 numpy < 2) run in a separate
 virtual environment that ``make peers`` builds (``.venv-peers``, the project installed
-there too, ``requirements-peers.txt``).
+there too, ``peers-constraints.txt``).
 
 The harness sends a dataset's jobs of such methods to that environment's Python
 (``python -m optuna_autopipe.bench.peer_env JOBS RESULTS``, both pickle files), which runs
