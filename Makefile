@@ -95,18 +95,22 @@ bench-post-training: $(STAMP)
 
 # The peers outside Optuna (docs/peers.md) beside AutoPipe and the strongest Optuna baselines,
 # one storage per benchmark, grouped protocol, budget 15, 5 seeds; the post-training replay
-# shares bench-post-training's storage (finished studies are read, not rerun). PEERS picks the
-# peers: the GP ones (mobster, hyper-tune) refit at every suggestion, about 20 h on LCBench
-# on 2 cores, so the default is the fast three (make bench-peers PEERS=... for the others).
+# shares bench-post-training's storage (finished studies are read, not rerun); then
+# benchmarks/peers_table.py prints the comparison at AutoPipe's cost and at the full budget.
+# PEERS picks the peers: the GP ones (mobster, hyper-tune) refit at every suggestion, about
+# 20 h on LCBench on 2 cores, so the default is the fast three (PEERS=... for the others).
+# PEERS_ARGS passes more `autopipe bench` arguments (e.g. --datasets for a declared subset).
 PEERS ?= dehb,priorband,asha-cts
 PEERS_BENCHMARKS ?= nmt post-training lcbench
+PEERS_ARGS ?=
 bench-peers: $(STAMP) $(PEERS_STAMP)
 	set -e; for b in $(PEERS_BENCHMARKS); do \
 	  db=runs/peers/$$b.db; [ $$b = post-training ] && db=runs/post-training/bench.db; \
 	  mkdir -p runs/peers; \
 	  $(VENV)/bin/autopipe bench --benchmark $$b --budget 15 --seeds 5 --storage sqlite:///$$db \
-	    --out runs/peers/$$b --methods autopipe,autopipe-full,tpe,gp,smac,bohb,$(PEERS); \
+	    --out runs/peers/$$b --methods autopipe,autopipe-full,tpe,gp,smac,bohb,$(PEERS) $(PEERS_ARGS); \
 	done
+	$(PY) benchmarks/peers_table.py --benchmarks "$(PEERS_BENCHMARKS)"
 
 # Baselines under the independent check's settings (../shared/benchmarks/README.md): 10 seeds,
 # LCBench without observation noise. Compare with docs/benchmarks.md.

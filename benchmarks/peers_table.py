@@ -1,0 +1,121 @@
+"""Issue 16's comparison from ``make bench-peers`` outputs: AutoPipe against the peers outside
+Optuna (``peer_env.PEERS``), at AutoPipe's cost and at the full budget, per benchmark.
+
+Per method (``runs/peers/<benchmark>/results.csv``): normalised regret at the end of its
+budget (mean ± s.e. across datasets of the per-dataset seed means) and its worst dataset; the
+same read at ``autopipe``'s cost (``regret_at_anchor_cost``: a study without a full-fidelity
+result by then is missing, and the datasets with a value are counted); the cost in full-run
+equivalents. Then the two targets:
+
+- at its own cost: ``autopipe`` against every peer's regret at that cost (mean over datasets);
+- at the full budget: the better of ``autopipe`` and ``autopipe-full`` against the best peer,
+
+each with the datasets where the peer's seed mean is lower, so a loss says where.
+
+    python benchmarks/peers_table.py [--root runs/peers] [--benchmarks nmt,post-training,lcbench]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from optuna_autopipe.bench.peer_env import PEERS
+from optuna_autopipe.bench.report import mean_se
+
+ANCHOR, FULL = "autopipe", "autopipe-full"
+
+
+def per_dataset(results: pd.DataFrame) -> pd.DataFrame:
+    """Seed means per (method, dataset) of the regret at the end, at the anchor's cost, and
+    of the cost; shape (methods × datasets, 3)."""
+    columns = ["normalized_regret", "regret_at_anchor_cost", "cost"]
+    return results.groupby(["method", "dataset"], sort=False)[columns].mean()
+
+
+def table(per: pd.DataFrame) -> list[str]:
+    """Markdown rows, one per method, in the order of ``per``."""
+    lines = [
+        "| method | regret (full budget) | worst dataset | at autopipe's cost | cost |",
+        "|---|---|---|---|---|",
+    ]
+    for method in dict.fromkeys(per.index.get_level_values("method")):
+        rows = per.loc[method]
+        regret, anytime = rows["normalized_regret"], rows["regret_at_anchor_cost"]
+        worst = regret.idxmax()
+        counted = anytime.notna().sum()
+        shown = mean_se(anytime) if counted else "–"
+        if 0 < counted < len(anytime):
+            shown += f" ({counted}/{len(anytime)})"
+        name = f"**{method}** (peer)" if method in PEERS else method
+        lines.append(
+            f"| {name} | {mean_se(regret)} | {worst}: {regret[worst]:.3f} | {shown} "
+            f"| {rows['cost'].mean():.2f} |"
+        )
+    return lines
+
+
+def _versus(mine: pd.Series, theirs: pd.Series) -> str:
+    """``mine`` against ``theirs`` (per-dataset regrets): the means, the verdict and the
+    datasets where ``theirs`` is lower."""
+    both = pd.concat({"mine": mine, "theirs": theirs}, axis=1).dropna()
+    if both.empty:
+        return "no dataset with both"
+    lost = both.index[both["theirs"] < both["mine"]].tolist()
+    verdict = "ahead" if both["mine"].mean() <= both["theirs"].mean() else "BEHIND"
+    return (
+        f"{both['mine'].mean():.3f} vs {both['theirs'].mean():.3f}: {verdict}; the peer is "
+        f"lower on {len(lost)} of {len(both)} datasets" + (f" ({', '.join(lost)})" if lost else "")
+    )
+
+
+def targets(per: pd.DataFrame) -> list[str]:
+    """The two targets of issue 16, one line per peer at AutoPipe's cost and one at the full
+    budget; empty without ``autopipe`` or a peer."""
+    methods = set(per.index.get_level_values("method"))
+    peers = [m for m in dict.fromkeys(per.index.get_level_values("method")) if m in PEERS]
+    if ANCHOR not in methods or not peers:
+        return ["(no autopipe or peer rows)"]
+    mine = per.loc[ANCHOR]
+    at_cost = f"- at autopipe's cost ({mine['cost'].mean():.2f} full runs), autopipe vs"
+    lines = [
+        f"{at_cost} {peer}: "
+        + _versus(mine["normalized_regret"], per.loc[peer]["regret_at_anchor_cost"])
+        for peer in peers
+    ]
+    ours = [m for m in (ANCHOR, FULL) if m in methods]
+    best_ours = min(ours, key=lambda m: per.loc[m]["normalized_regret"].mean())
+    best_peer = min(peers, key=lambda m: per.loc[m]["normalized_regret"].mean())
+    lines.append(
+        f"- full budget, {best_ours} vs the best peer {best_peer}: "
+        + _versus(per.loc[best_ours]["normalized_regret"], per.loc[best_peer]["normalized_regret"])
+    )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="runs/peers")
+    parser.add_argument(
+        "--benchmarks", default="nmt,post-training,lcbench", help="comma- or space-separated"
+    )
+    args = parser.parse_args()
+    for benchmark in args.benchmarks.replace(",", " ").split():
+        path = Path(args.root) / benchmark / "results.csv"
+        if not path.exists():
+            print(f"\n{path}: missing (make bench-peers PEERS_BENCHMARKS={benchmark})\n")
+            continue
+        results = pd.read_csv(path)
+        per = per_dataset(results)
+        print(
+            f"\n### {benchmark} ({results['dataset'].nunique()} datasets, "
+            f"{results['seed'].nunique()} seeds)\n"
+        )
+        print("\n".join(table(per)))
+        print("\n" + "\n".join(targets(per)))
+
+
+if __name__ == "__main__":
+    main()

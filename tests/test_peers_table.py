@@ -1,0 +1,65 @@
+"""``benchmarks/peers_table.py``: AutoPipe against the peers at its cost and at full budget."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "peers_table.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    return runpy.run_path(str(SCRIPT))
+
+
+def _per(script, rows):
+    results = pd.DataFrame(
+        rows,
+        columns=["method", "dataset", "seed", "normalized_regret", "regret_at_anchor_cost", "cost"],
+    )
+    return script["per_dataset"](results)
+
+
+ROWS = [
+    # method, dataset, seed, regret at the end, at autopipe's cost, cost
+    ("autopipe", "a", 0, 0.1, 0.1, 6.0),
+    ("autopipe", "a", 1, 0.3, 0.3, 6.0),
+    ("autopipe", "b", 0, 0.4, 0.4, 6.0),
+    ("autopipe-full", "a", 0, 0.1, 0.2, 15.0),
+    ("autopipe-full", "b", 0, 0.2, 0.4, 15.0),
+    ("dehb", "a", 0, 0.0, 0.5, 15.0),
+    ("dehb", "b", 0, 0.5, float("nan"), 15.0),
+    ("priorband", "a", 0, 0.3, 0.1, 15.0),
+    ("priorband", "b", 0, 0.1, 0.2, 15.0),
+]
+
+
+def test_rows_average_seeds_then_datasets_and_count_missing_anytime_values(script):
+    lines = script["table"](_per(script, ROWS))
+    autopipe, _, dehb, _ = lines[2:]
+    # autopipe: per dataset (0.2, 0.4) -> 0.300 ± 0.100, worst b
+    assert autopipe == "| autopipe | 0.300 ± 0.100 | b: 0.400 | 0.300 ± 0.100 | 6.00 |"
+    # dehb had no full-fidelity result on b by autopipe's cost: one of two datasets counted
+    assert dehb == "| **dehb** (peer) | 0.250 ± 0.250 | b: 0.500 | 0.500 (1/2) | 15.00 |"
+
+
+def test_targets_say_where_a_peer_wins(script):
+    lines = script["targets"](_per(script, ROWS))
+    at_cost_dehb, at_cost_priorband, full = lines
+    assert "autopipe vs dehb: 0.200 vs 0.500: ahead; the peer is lower on 0 of 1" in at_cost_dehb
+    # priorband at autopipe's cost: (0.1, 0.2) against autopipe's (0.2, 0.4)
+    assert "0.300 vs 0.150: BEHIND; the peer is lower on 2 of 2 datasets (a, b)" in (
+        at_cost_priorband
+    )
+    # full budget: autopipe-full (0.1, 0.2) is our better one; the best peer is priorband
+    assert full.startswith("- full budget, autopipe-full vs the best peer priorband: 0.150 vs")
+    assert "0.200: ahead; the peer is lower on 1 of 2 datasets (b)" in full
+
+
+def test_without_autopipe_or_peers_says_so(script):
+    rows = [r for r in ROWS if r[0] not in ("dehb", "priorband")]
+    assert script["targets"](_per(script, rows)) == ["(no autopipe or peer rows)"]
