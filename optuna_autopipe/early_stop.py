@@ -193,21 +193,30 @@ class AutoPipeEarlyStop:
 
         The intermediate value reported to Optuna is ``intermediate`` when given (as is),
         otherwise the primary metric (when it is among ``metrics``) oriented like the study
-        (module docstring); one per step.
+        (module docstring); one per step. Other values that are not numbers (a trainer's
+        text logs) are skipped.
+
+        Raises:
+            TypeError: the primary metric is among ``metrics`` but is neither a number nor
+                ``None`` (not logged at this step), e.g. the string ``"0.5"``, which would
+                leave the trial without a learning curve.
         """
         if self.dynamics is None:
             raise RuntimeError(
                 "AutoPipeEarlyStop does not know the planned training length: pass "
                 "total_steps=..., or use hook.callback() with a trainer."
             )
-        self.dynamics.record(step, metrics)
         if self.primary is None:
             self.primary = next((m for m in PRIMARY_DEFAULTS if m in metrics), None)
-        value = (
-            self._oriented(scalar(metrics.get(self.primary)))
-            if intermediate is None
-            else intermediate
-        )
+        logged = metrics.get(self.primary)
+        if logged is not None and scalar(logged) is None:
+            raise TypeError(
+                f"Metric {self.primary!r} at step {step} is {logged!r} "
+                f"({type(logged).__name__}), not a number: report it as a float "
+                f"(e.g. float(value)) so the trial keeps its learning curve."
+            )
+        self.dynamics.record(step, metrics)
+        value = self._oriented(scalar(logged)) if intermediate is None else intermediate
         if isinstance(value, int | float) and math.isfinite(value) and step not in self._reported:
             self.trial.report(float(value), step=int(step))
             self._reported.add(int(step))

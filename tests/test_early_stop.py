@@ -81,6 +81,16 @@ def test_report_path_stops_at_the_fraction_and_leaves_a_pruned_trial_with_its_re
     assert proxy_of(trial) is None
 
 
+def test_a_primary_metric_that_is_not_a_number_is_refused_by_name_other_text_is_skipped():
+    study = optuna.create_study()
+    hook = AutoPipeEarlyStop(study.ask(), total_steps=4, fraction=0.5)
+    assert not hook.report(1, {"loss": 2.0, "note": "warm-up", "learning_rate": 1e-4})
+    with pytest.raises(TypeError, match=r"Metric 'loss' at step 2 is '0.5' \(str\).*float"):
+        hook.report(2, {"loss": "0.5"})
+    assert hook.dynamics.metrics["loss"] == [[1.0, 2.0]]  # the refused step left no point
+    assert set(hook.dynamics.metrics) == {"loss", "learning_rate"}
+
+
 @pytest.mark.parametrize("fraction", [1.0, 0.9])  # ceil(0.9 * 4) = 4: nothing to cut
 def test_full_fidelity_runs_complete_and_still_record_their_dynamics(fraction):
     trial = _one_trial(_loop_objective({"fraction": fraction}, [2.0, 1.5, 1.2, 1.1]))

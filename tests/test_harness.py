@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import pickle
@@ -577,3 +578,16 @@ def test_the_anytime_column_reads_every_study_at_autopipes_spend(tmp_path):
     assert np.isfinite(expected)
     assert table.loc["random", "regret_at_anchor_cost"] == pytest.approx(expected)
     assert "at autopipe's cost" in outputs.summary.read_text()
+
+
+def test_studies_of_another_budget_are_refused_not_reused(small_run):
+    spec, _ = small_run
+    storage = optuna.storages.get_storage(spec.storage_url)
+    before = {s.study_name: s._study_id for s in optuna.get_all_study_summaries(storage)}
+    other = dataclasses.replace(spec, budget=spec.budget + 2)
+    refused = rf"(?s)16 finished studies .*tpe/seed0: run with budget {spec.budget}, this run "
+    refused += rf"asks for {spec.budget + 2}.* new --storage"
+    with pytest.raises(ValueError, match=refused):
+        run_bench(other)
+    after = optuna.get_all_study_summaries(storage)
+    assert {s.study_name: s._study_id for s in after} == before  # nothing deleted or rewritten

@@ -145,35 +145,48 @@ def _finished(storage: optuna.storages.BaseStorage, jobs: list[Job]) -> set[str]
 
     Raises:
         ValueError: a finished study was run by another revision of its method, or with
-            other outside settings (an LLM's model): its results describe another method;
-            names the studies and the fix.
+            other outside settings (an LLM's model), or under another budget or observation
+            noise than this run's: its results describe another experiment; names the
+            studies and the fix.
     """
-    wanted = {job.study_name: job.method for job in jobs}
+    wanted = {job.study_name: job for job in jobs}
     done, stale = set(), []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         record = summary.user_attrs.get("bench")
         if record is None or summary.study_name not in wanted:
             continue
         done.add(summary.study_name)
-        method = wanted[summary.study_name]
+        job = wanted[summary.study_name]
         stored = (record.get("revision", 1), record.get("settings", {}))
-        now = (method_revision(method), method_settings(method))
+        now = (method_revision(job.method), method_settings(job.method))
         if stored != now:
-            stale.append((summary.study_name, method, stored, now))
+            stale.append(
+                f"{summary.study_name}: {_describe(stored)}, {job.method!r} is at {_describe(now)}"
+            )
+        for key, value in _run_settings(job.spec).items():
+            # a record written before the harness stored a setting cannot be checked on it
+            if record.get(key, value) != value:
+                stale.append(
+                    f"{summary.study_name}: run with {key} {record[key]}, this run asks for {value}"
+                )
     if stale:
-        listed = "\n".join(
-            f"  {name}: {_describe(stored)}, {method!r} is at {_describe(now)}"
-            for name, method, stored, now in stale[:10]
-        )
+        listed = "\n".join(f"  {line}" for line in stale[:10])
         more = f"\n  ... and {len(stale) - 10} more" if len(stale) > 10 else ""
+        n = len({line.split(": ", 1)[0] for line in stale})
         raise ValueError(
-            f"{len(stale)} finished {'study' if len(stale) == 1 else 'studies'} in this storage "
-            f"were run by another revision or settings of their method:\n{listed}{more}\n"
-            "Read as current, "
-            "they would report another method's results. Use a new --storage, or delete those "
-            "studies (optuna delete-study --study-name NAME --storage URL) to rerun them."
+            f"{n} finished {'study' if n == 1 else 'studies'} in this storage were run by "
+            "another revision or settings of their method, or under another budget or "
+            f"noise:\n{listed}{more}\nRead as current, "
+            "they would report another experiment's results. Use a new --storage (or --out), "
+            "or delete those studies (optuna delete-study --study-name NAME --storage URL) to "
+            "rerun them."
         )
     return done
+
+
+def _run_settings(spec: BenchSpec) -> dict[str, float]:
+    """The run's settings a finished study must share to be reused (stored in its record)."""
+    return {"budget": spec.budget, "noise_sd": spec.noise_sd}
 
 
 def _describe(version: tuple[int, dict]) -> str:
@@ -335,6 +348,7 @@ def _store(
         "bench",
         {
             **record,
+            **_run_settings(job.spec),
             "revision": method_revision(job.method),
             "settings": method_settings(job.method),
         },
