@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from optuna_autopipe.bench.report import mean_se, read_results, share
+
 #: The paper's rows (performance, regret, cost in GPU hours), keyed by our method name.
 #: The paper stops at 50% of SFT; our ``autopipe`` stops at 25% (``autopipe-50`` at 50%).
 PAPER: dict[str, tuple[str, float, float, float]] = {
@@ -55,7 +57,6 @@ def table(results: pd.DataFrame) -> str:
     for method in methods:
         rows = per.loc[method]
         regret = rows["normalized_regret"]
-        se = regret.std(ddof=1) / np.sqrt(len(regret)) if len(regret) > 1 else np.nan
         cost = rows["cost_real"].mean()
         name, score, paper_regret, paper_cost = PAPER.get(method, ("–", np.nan, np.nan, np.nan))
         paper = (
@@ -66,8 +67,8 @@ def table(results: pd.DataFrame) -> str:
         )
         lines.append(
             f"| {method} | {rows['score'].mean():.3f} | {rows['regret'].mean():.3f} "
-            f"| {regret.mean():.3f} ± {se:.3f} | {regret.idxmax()}: {regret.max():.3f} "
-            f"| {cost / 3600:.3f} | {cost / tpe_cost:.0%} | {paper} |"
+            f"| {mean_se(regret)} | {regret.idxmax()}: {regret.max():.3f} "
+            f"| {cost / 3600:.3f} | {share(cost, tpe_cost)} | {paper} |"
         )
     return "\n".join(lines)
 
@@ -76,7 +77,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="results.csv of an autopipe bench run")
     args = parser.parse_args()
-    print(table(pd.read_csv(args.results)))
+    try:
+        results = read_results(args.results, benchmark="post-training")
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(table(results))
 
 
 if __name__ == "__main__":

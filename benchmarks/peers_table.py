@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from optuna_autopipe.bench.peer_env import PEERS
-from optuna_autopipe.bench.report import mean_se
+from optuna_autopipe.bench.report import mean_se, read_results
 
 ANCHOR, FULL = "autopipe", "autopipe-full"
 
@@ -107,7 +107,10 @@ def main() -> None:
         if not path.exists():
             print(f"\n{path}: missing (make bench-peers PEERS_BENCHMARKS={benchmark})\n")
             continue
-        results = pd.read_csv(path)
+        try:
+            results = read_results(path, benchmark=benchmark)
+        except ValueError as exc:
+            parser.error(str(exc))
         per = per_dataset(results)
         print(
             f"\n### {benchmark} ({results['dataset'].nunique()} datasets, "

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from optuna_autopipe.bench.report import COLUMNS
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "paper_table.py"
 
@@ -42,3 +47,30 @@ def test_rows_average_seeds_then_datasets_and_divide_cost_by_tpe(table):
     )
     assert "Ours, ES at 25% (Table 7) | 0.565" in autopipe
     assert mine.endswith("| 0.000 | 0% | – | | | | |")
+
+
+def _run(*argv):
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, argv)], capture_output=True, text=True, check=False
+    )
+
+
+def test_bad_results_files_are_refused_by_name_without_a_traceback(tmp_path):
+    header_only = tmp_path / "header.csv"
+    header_only.write_text(",".join(COLUMNS) + "\n")
+    other = tmp_path / "nmt.csv"
+    pd.DataFrame([dict.fromkeys(COLUMNS, 0) | {"benchmark": "nmt"}]).to_csv(other, index=False)
+    (tmp_path / "bad.csv").write_text('a,b\n"unterminated\n')
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    expected = {
+        tmp_path / "missing.csv": "not a file",
+        tmp_path: "not a file",
+        tmp_path / "bad.csv": "not a results.csv of `autopipe bench`",
+        tmp_path / "other.csv": r"lacks the columns \['benchmark'",
+        header_only: "has no rows",
+        other: r"holds results of \['nmt'\], not 'post-training'",
+    }
+    for path, message in expected.items():
+        done = _run(path)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert re.search(f"{re.escape(str(path))}: {message}", done.stderr), done.stderr

@@ -196,7 +196,7 @@ def _references(
 REFERENCE_METHOD = "tpe"
 
 
-def _share(cost: float, reference: float) -> str:
+def share(cost: float, reference: float) -> str:
     """``cost`` as a percentage of ``reference``; "n/a" without a reference."""
     return f"{cost / reference:.0%}" if np.isfinite(reference) and reference > 0 else "n/a"
 
@@ -209,6 +209,37 @@ def _anytime(per_dataset: pd.Series) -> str:
         return "–"
     missing = "" if len(known) == len(per_dataset) else f" ({len(known)}/{len(per_dataset)})"
     return mean_se(known) + missing
+
+
+def read_results(path: Path, *, benchmark: str | None = None) -> pd.DataFrame:
+    """A ``results.csv`` written by ``write_outputs``, checked before a table reads it.
+
+    Raises:
+        ValueError: ``path`` is not a file, not a CSV, has no rows or lacks ``COLUMNS``, or
+            (with ``benchmark``) holds another benchmark's results; names the file and the
+            fix.
+    """
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file (pass the results.csv in an `autopipe bench` --out).")
+    try:
+        results = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a results.csv of `autopipe bench` ({exc}).") from exc
+    missing = [c for c in COLUMNS if c not in results.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: lacks the columns {missing} of an `autopipe bench` results.csv; rerun "
+            "`autopipe bench` with the same arguments to rewrite it from its storage."
+        )
+    if results.empty:
+        raise ValueError(f"{path}: has no rows (did the `autopipe bench` run finish?).")
+    others = sorted(set(results["benchmark"]) - {benchmark}) if benchmark else []
+    if others:
+        raise ValueError(
+            f"{path}: holds results of {others}, not {benchmark!r}; pass the results.csv of an "
+            f"`autopipe bench --benchmark {benchmark}` run."
+        )
+    return results
 
 
 def mean_se(values: pd.Series) -> str:
@@ -259,7 +290,7 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
             f"| {int((regrets > 1.0).sum())} | {rows['score'].mean():.4g} "
             f"| {mean_se(rows['regret'])} "
             f"| {rows['cost'].mean():.2f} | {rows['cost_real'].mean():.4g} "
-            f"| {_share(rows['cost_real'].mean(), reference_cost)} "
+            f"| {share(rows['cost_real'].mean(), reference_cost)} "
             f"| {rows['n_evals'].mean():.1f} | {_anytime(rows['regret_at_anchor_cost'])} |"
         )
     datasets = list(dict.fromkeys(table["dataset"]))
