@@ -106,7 +106,7 @@ PEERS_ARGS ?=
 bench-peers: $(STAMP) $(PEERS_STAMP)
 	set -e; for b in $(PEERS_BENCHMARKS); do \
 	  db=runs/peers/$$b.db; [ $$b = post-training ] && db=runs/post-training/bench.db; \
-	  mkdir -p runs/peers; \
+	  mkdir -p runs/peers $$(dirname $$db); \
 	  $(VENV)/bin/autopipe bench --benchmark $$b --budget 15 --seeds 5 --storage sqlite:///$$db \
 	    --out runs/peers/$$b --methods autopipe,autopipe-full,tpe,gp,smac,bohb,$(PEERS) $(PEERS_ARGS); \
 	done
