@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import platform
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -339,8 +338,12 @@ def plot_regret_vs_cost(
     """Anytime normalised regret of the current selection against cumulative cost.
 
     One line per method: the mean over datasets of the mean over seeds, on a common cost
-    grid; a study contributes from its first full-fidelity result on, and a dot marks where
-    the method's spending ends (one-shot methods are a dot at cost 1).
+    grid, from the cost where every study of the method has a full-fidelity result (a mean
+    over the datasets that have one so far would jump each time a dataset joins; a study
+    that never reaches full fidelity is left out); a dot marks
+    where the method's spending ends (one-shot methods are a dot at cost 1). The regret axis
+    is linear up to 0.01 and logarithmic above (matplotlib's ``symlog``), so the small
+    regrets of the good methods and the large ones of early selections both show.
     """
     import matplotlib
 
@@ -357,16 +360,19 @@ def plot_regret_vs_cost(
         spent = 0.0
         for m, dataset, points in curves:
             if m == method:
-                by_dataset.setdefault(dataset, []).append(_step(points, grid))
+                curve = _step(points, grid)  # carries the final selection to the right
+                if np.isfinite(curve).any():  # never at full fidelity: no anytime curve
+                    by_dataset.setdefault(dataset, []).append(curve)
                 spent = max(spent, points[-1][0])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN before first results
-            mean = np.nanmean([np.nanmean(v, axis=0) for v in by_dataset.values()], axis=0)
+        if not by_dataset:
+            continue
+        mean = np.mean([np.mean(v, axis=0) for v in by_dataset.values()], axis=0)
         mean[grid > spent + 1e-9] = np.nan  # a line ends where its method stopped spending
         (line,) = ax.plot(grid, mean, label=method, color=palette[index % len(palette)])
         last = np.flatnonzero(np.isfinite(mean))
         if last.size:
             ax.plot(grid[last[-1]], mean[last[-1]], "o", color=line.get_color())
+    ax.set_yscale("symlog", linthresh=0.01)
     ax.set_xlabel("cumulative cost (full-run equivalents)")
     ax.set_ylabel("normalised regret of current selection")
     ax.set_title(title)
