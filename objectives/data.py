@@ -11,7 +11,8 @@ import urllib.request
 from pathlib import Path
 
 ENV_VAR = "AUTOPIPE_DATA"
-_REPO_DEFAULT = Path(__file__).resolve().parent.parent.parent / "shared" / "benchmarks"
+#: Where the data is when neither ``--data-dir`` nor ``$AUTOPIPE_DATA`` says.
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent.parent / "shared" / "benchmarks"
 
 # Public sources (pinned commits). Each entry: local path -> raw URL.
 _NMT = "https://raw.githubusercontent.com/Este1le/hpo_nmt/7bd0a402"
@@ -49,7 +50,7 @@ def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
         return Path(data_dir)
     if os.environ.get(ENV_VAR):
         return Path(os.environ[ENV_VAR])
-    return _REPO_DEFAULT
+    return DEFAULT_ROOT
 
 
 def require(path: Path, benchmark: str) -> Path:

@@ -6,9 +6,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, get_args
 
-from objectives.data import data_root
+from objectives.data import DEFAULT_ROOT, ENV_VAR, BenchmarkDataError, data_root
 from objectives.lcbench import load_lcbench
 from objectives.nmt import load_nmt
 from objectives.replay import ReplayTask, stable_seed
@@ -104,10 +105,23 @@ def _lcbench(root: Any, *, noise_sd: float = 1.0, pool_size: int = 10_000, **_: 
     return Benchmark("lcbench", tasks, {t.name: t.name for t in tasks})
 
 
-def _post_training(root: Any, **_: Any) -> Benchmark:
+def _post_training(root: Path, **_: Any) -> Benchmark:
+    """The corpus under ``root``, else the bundled one; a data folder that was chosen
+    (``--data-dir``, ``$AUTOPIPE_DATA``) must exist.
+
+    Raises:
+        BenchmarkDataError: the chosen data folder does not exist.
+        FileNotFoundError: no corpus under ``root`` and none bundled.
+    """
     from objectives.post_training.bundle import BUNDLED, JOURNAL_XZ, bundled_journal
     from objectives.post_training.replay import load_post_training
 
+    if root != DEFAULT_ROOT and not root.is_dir():
+        raise BenchmarkDataError(
+            f"Benchmark data folder {root} not found. Point --data-dir or ${ENV_VAR} at the "
+            f"folder holding {POST_TRAINING_JOURNAL}, or set neither to replay the corpus "
+            "bundled with the package."
+        )
     journal = root / POST_TRAINING_JOURNAL
     if not journal.exists() and (BUNDLED / JOURNAL_XZ).is_file():
         print(

@@ -30,7 +30,7 @@ from objectives.registry import BENCHMARKS, PROTOCOLS
 from optuna_autopipe._text import count
 from optuna_autopipe.bench.job_failures import StudiesFailed
 from optuna_autopipe.bench.methods import method_names
-from optuna_autopipe.bench.peer_env import PEERS
+from optuna_autopipe.bench.peer_env import PEERS, PeerEnvironmentError
 from optuna_autopipe.bench.prior_noise import PRIOR_NOISE
 
 DEFAULT_METHODS = (
@@ -39,11 +39,37 @@ DEFAULT_METHODS = (
 )
 
 
-def _methods(text: str) -> list[str]:
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    if not methods:
-        raise argparse.ArgumentTypeError("--methods needs at least one method name.")
-    return methods
+def _names(text: str) -> list[str]:
+    """A comma-separated list of names (empty items skipped).
+
+    Raises:
+        argparse.ArgumentTypeError: no name, or a name given twice (argparse puts the flag
+            in front).
+    """
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(map(repr, repeated))} given more than once; name each once"
+        )
+    return names
+
+
+def _out_folder(text: str) -> str:
+    """A folder to write in: an existing one, or one that can be created.
+
+    Raises:
+        argparse.ArgumentTypeError: a file stands in the way (the folder or one above it).
+    """
+    path = Path(text)
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{existing} is a file, not a folder; name a folder (new or existing) to write in"
+        )
+    return text
 
 
 def _positive(text: str) -> int:
@@ -70,8 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     bench.add_argument(
         "--methods",
-        type=_methods,
-        default=_methods(DEFAULT_METHODS),
+        type=_names,
+        default=_names(DEFAULT_METHODS),
         help="comma-separated method names (the default ones and every available one are "
         "listed below)",
     )
@@ -84,7 +110,10 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="AutoPipe vs TPE, live, with the real pipeline (the README's main job)"
     )
     demo.add_argument(
-        "--out", default="runs/demo", help="folder of the journal, prior, plot and runs"
+        "--out",
+        type=_out_folder,
+        default="runs/demo",
+        help="folder of the journal, prior, plot and runs",
     )
     demo.add_argument("--budget", type=_positive, default=8, help="early-stopped trials")
     demo.add_argument(
@@ -103,11 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     corpus = commands.add_parser("corpus", help="the mini corpus of real pipeline runs")
     corpus_commands = corpus.add_subparsers(dest="corpus_command", required=True)
     generate = corpus_commands.add_parser("generate", help="run (or resume) the generation")
-    generate.add_argument("--out", required=True)
+    generate.add_argument("--out", type=_out_folder, required=True)
     generate.add_argument("--corpus", choices=("v1", "v2"), default="v2", help="which corpus")
     generate.add_argument("--runs", type=_positive, default=48, help="runs per dataset")
     generate.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
-    generate.add_argument("--datasets", type=_methods, default=None, help="comma-separated")
+    generate.add_argument("--datasets", type=_names, default=None, help="comma-separated")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument(
         "--training-seeds",
@@ -124,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     summary = corpus_commands.add_parser("report", help="score spread, importances, seed spread")
     summary.add_argument("--out", required=True, help="the generation's folder")
     summary.add_argument("--corpus", choices=("v1", "v2"), default="v2", help="which corpus")
-    summary.add_argument("--datasets", type=_methods, default=None, help="comma-separated")
+    summary.add_argument("--datasets", type=_names, default=None, help="comma-separated")
     summary.add_argument(
         "--seed-spread", default=None, help="first re-run 3 configurations of this dataset"
     )
@@ -139,10 +168,8 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--storage", help="storage of past studies (with --studies): an RDB URL or a journal file"
     )
-    fit.add_argument(
-        "--studies", type=_methods, help="comma-separated study names, one per dataset"
-    )
-    fit.add_argument("--out", required=True, help="directory for the saved prior")
+    fit.add_argument("--studies", type=_names, help="comma-separated study names, one per dataset")
+    fit.add_argument("--out", type=_out_folder, required=True, help="directory for the saved prior")
     fit.add_argument("--data-dir", default=None)
     fit.add_argument("--pool-size", type=_positive, default=2000, help="LCBench runs per task")
     fit.add_argument("--no-tune", action="store_true", help="skip the grid search")
@@ -159,7 +186,9 @@ def _parser() -> argparse.ArgumentParser:
         "prior-report", help="leave-one-dataset-out ranking metrics of the prior"
     )
     report.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
-    report.add_argument("--out", required=True, help="directory for prior_report.csv and .md")
+    report.add_argument(
+        "--out", type=_out_folder, required=True, help="directory for prior_report.csv and .md"
+    )
     report.add_argument("--protocol", choices=("grouped", "lodo"), default="grouped")
     report.add_argument("--data-dir", default=None)
     report.add_argument("--pool-size", type=_positive, default=2000, help="LCBench runs per task")
@@ -251,12 +280,19 @@ def _methods_epilog() -> str:
 
 
 def _bench_arguments(parser: argparse.ArgumentParser, *, out_default: str | None) -> None:
-    parser.add_argument("--out", required=out_default is None, default=out_default)
-    parser.add_argument("--storage", default=None, help="default: sqlite:///OUT/bench.db")
+    parser.add_argument(
+        "--out", type=_out_folder, required=out_default is None, default=out_default
+    )
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="an RDB URL (default: sqlite:///OUT/bench.db; a missing SQLite file is created) "
+        "or an existing Optuna journal file",
+    )
     parser.add_argument(
         "--data-dir", default=None, help="default: $AUTOPIPE_DATA or ../shared/benchmarks"
     )
-    parser.add_argument("--datasets", type=_methods, default=None, help="comma-separated subset")
+    parser.add_argument("--datasets", type=_names, default=None, help="comma-separated subset")
     parser.add_argument(
         "--protocol",
         choices=PROTOCOLS,
@@ -332,9 +368,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "recommend":
             return _recommend(args)
         return _bench(args)
-    except (BenchmarkDataError, ValueError, FileNotFoundError, StudiesFailed) as exc:
+    except (
+        BenchmarkDataError,
+        ValueError,
+        FileNotFoundError,
+        StudiesFailed,
+        PeerEnvironmentError,
+    ) as exc:
         print(f"autopipe: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # bench's says what is stored and how to resume
+        print(f"autopipe: {str(exc) or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 def _fit_prior(args: argparse.Namespace) -> int:

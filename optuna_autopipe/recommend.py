@@ -79,17 +79,24 @@ def shown_url(storage_url: str) -> str:
     if "://" not in storage_url:
         return storage_url
     try:
-        return make_url(storage_url).render_as_string(hide_password=True)
+        url = make_url(storage_url)
     except SQLAlchemyError:
         return storage_url.split("://", 1)[0] + "://***"  # unparsable: show the scheme only
+    return storage_url if url.password is None else url.render_as_string(hide_password=True)
 
 
-def open_storage(storage_url: str) -> BaseStorage:
+def open_storage(storage_url: str, *, create: bool = False) -> BaseStorage:
     """The storage of ``storage_url``: an RDB URL, else a journal file's path.
 
-    Raises ``FileNotFoundError`` for a journal file or SQLite database that does not exist
-    (opening would create an empty one) and ``ValueError`` for a path that is not a journal
-    and a URL that cannot be opened (malformed, driver missing, server unreachable).
+    ``create``: a missing SQLite database is created (in an existing folder) instead of
+    refused. A journal file must exist either way: a path naming none is more likely a
+    mistyped URL.
+
+    Raises ``FileNotFoundError`` for a journal file that does not exist, for an SQLite
+    database that does not exist (unless ``create``) or whose folder does not, and
+    ``ValueError`` for a path that is not a journal, an in-memory database (it holds no
+    studies and keeps none) and a URL that cannot be opened (malformed, driver missing,
+    not a database, server unreachable).
     """
     shown = shown_url(storage_url)
     if "://" not in storage_url:
@@ -116,11 +123,27 @@ def open_storage(storage_url: str) -> BaseStorage:
     try:
         url = make_url(storage_url)
         file = url.database if url.get_backend_name() == "sqlite" else None
-        if file and file != ":memory:" and not Path(file).is_file():
-            raise FileNotFoundError(f"Storage {shown}: no such SQLite file {file}.")
+        if url.get_backend_name() == "sqlite" and file in (None, "", ":memory:"):
+            raise ValueError(
+                f"Storage {shown} is an in-memory database: it starts empty and is gone when "
+                "the command ends; use a file, sqlite:///PATH."
+            )
+        if file and not Path(file).is_file():
+            if not create:
+                raise FileNotFoundError(f"Storage {shown}: no such SQLite file {file}.")
+            if not Path(file).parent.is_dir():
+                raise FileNotFoundError(
+                    f"Storage {shown}: no folder {Path(file).parent} to create the SQLite file "
+                    "in; create it first, or choose another path."
+                )
         return optuna.storages.get_storage(storage_url)
-    except (ImportError, SQLAlchemyError) as exc:
-        raise ValueError(f"Cannot open storage {shown}: {exc}") from exc
+    except ImportError as exc:  # Optuna's error names no driver; its cause does
+        raise ValueError(
+            f"Cannot open storage {shown}: {exc.__cause__ or exc}; install its driver, or name "
+            "an installed one in the URL (dialect+driver://...)."
+        ) from exc
+    except SQLAlchemyError as exc:  # its first line; the rest points at SQLAlchemy's docs
+        raise ValueError(f"Cannot open storage {shown}: {str(exc).splitlines()[0]}") from exc
 
 
 def open_study(storage_url: str, study_name: str) -> optuna.Study:

@@ -3,6 +3,7 @@ documented fallback, and leaves the storage as it was (the table of docs/bad-inp
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import math
@@ -497,6 +498,134 @@ def test_missing_benchmark_data_names_the_file_and_the_download_command(tmp_path
     assert error.startswith("autopipe: error: Benchmark data file")
     assert "`autopipe data download --benchmark nmt --data-dir DIR`" in error
     assert not out.exists()  # no storage was created
+
+
+def _bench(tmp_path: Path, *options: str) -> list[str]:
+    """``autopipe bench``: one random-search study of NMT's ted-ru-en into ``tmp_path/out``;
+    ``options`` come last (an option given again replaces the first)."""
+    out = str(tmp_path / "out")
+    one = ["--datasets", "ted-ru-en", "--seeds", "1", "--budget", "1", "--workers", "1"]
+    return ["bench", "--benchmark", "nmt", "--methods", "random", *one, "--out", out, *options]
+
+
+def _one_line(err: str) -> str:
+    """The error of an ``autopipe`` run that printed it alone, without a traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autopipe"), err
+    return lines[0]
+
+
+_NO_PSYCOPG = importlib.util.find_spec("psycopg") is None
+
+
+@pytest.mark.parametrize(
+    ("storage", "said"),
+    [
+        ("notaurl", "Storage notaurl: no such journal file (a path is read as an Optuna journal"),
+        ("sqlite:///{tmp}/no-dir/x.db", "no folder {tmp}/no-dir to create the SQLite file in"),
+        (
+            "sqlite:///{tmp}/notes.txt",
+            "Cannot open storage sqlite:///{tmp}/notes.txt: (sqlite3.DatabaseError) file is not a",
+        ),
+        ("sqlite://", "Storage sqlite:// is an in-memory database: it starts empty and is gone"),
+        ("sqlite:///:memory:", "Storage sqlite:///:memory: is an in-memory database"),
+        pytest.param(
+            "postgresql+psycopg://u:secret@localhost/db",
+            "Cannot open storage postgresql+psycopg://u:***@localhost/db: No module named "
+            "'psycopg'; install its driver",
+            marks=pytest.mark.skipif(not _NO_PSYCOPG, reason="psycopg is installed"),
+        ),
+    ],
+)
+def test_a_bench_storage_that_cannot_be_opened_is_named_with_the_fix(
+    tmp_path, capsys, monkeypatch, storage, said
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    storage, said = storage.format(tmp=tmp_path), said.format(tmp=tmp_path)
+    assert main(_bench(tmp_path, "--storage", storage)) == 2
+    error = _one_line(capsys.readouterr().err)
+    assert error.startswith("autopipe: error: ") and said in error and "secret" not in error
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # nothing created
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+
+
+def test_an_out_folder_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys):
+    taken = tmp_path / "results"
+    taken.write_text("kept\n")
+    for argv in (
+        ["bench", "--benchmark", "nmt", "--out", str(taken)],
+        ["bench", "--benchmark", "nmt", "--out", str(taken / "nmt")],
+        ["fit-prior", "--benchmark", "nmt", "--out", str(taken)],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        said = f"argument --out: {taken} is a file, not a folder; name a folder (new or existing)"
+        assert said in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]
+    assert taken.read_text() == "kept\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--datasets", "", "argument --datasets: expected comma-separated names, got ''"),
+        ("--methods", " , ", "argument --methods: expected comma-separated names, got ' , '"),
+        ("--methods", "random,,random", "argument --methods: 'random' given more than once"),
+        ("--datasets", "ted-ru-en,ted-ru-en", "argument --datasets: 'ted-ru-en' given more"),
+    ],
+)
+def test_empty_or_repeated_names_are_refused_naming_their_flag(
+    tmp_path, capsys, option, value, said
+):
+    with pytest.raises(SystemExit) as exit_info:
+        main(_bench(tmp_path, option, value))
+    assert exit_info.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("script", "said"),
+    [
+        (None, "cannot be run (Permission denied)"),  # a file, not a program
+        (
+            "echo \"ModuleNotFoundError: No module named 'optuna_autopipe'\" >&2; exit 1",
+            "cannot import the project (ModuleNotFoundError: No module named 'optuna_autopipe')",
+        ),
+        ("echo 0.0.1", f"has Optuna 0.0.1, the harness {optuna.__version__}"),
+    ],
+)
+def test_a_peers_python_that_cannot_serve_is_refused_before_anything_runs(
+    tmp_path, capsys, monkeypatch, script, said
+):
+    from optuna_autopipe.bench import peer_env
+
+    if peer_env.importable("dehb"):
+        pytest.skip("dehb is importable here: this is the peers' environment")
+    python = tmp_path / "python"
+    python.write_text("not a program\n" if script is None else f"#!/bin/sh\n{script}\n")
+    if script is not None:
+        python.chmod(0o755)
+    monkeypatch.setenv(peer_env.PEERS_PYTHON_ENV, str(python))
+    assert main(_bench(tmp_path, "--methods", "random,dehb")) == 2
+    error = _one_line(capsys.readouterr().err)
+    assert f"The peers' environment ({python}) {said}: " in error
+    assert "Build it with `make peers`" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_post_training_data_folder_that_is_not_there_is_refused(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "nowhere"
+    argv = _bench(tmp_path, "--benchmark", "post-training", "--datasets", "yesno")
+    said = f"autopipe: error: Benchmark data folder {missing} not found. Point --data-dir or "
+    assert main([*argv, "--data-dir", str(missing)]) == 2
+    assert _one_line(capsys.readouterr().err).startswith(said)
+    monkeypatch.setenv("AUTOPIPE_DATA", str(missing))
+    assert main(argv) == 2
+    error = _one_line(capsys.readouterr().err)
+    assert error.startswith(said) and error.endswith("replay the corpus bundled with the package.")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_corpus_report_without_a_generation_says_what_to_run(tmp_path, capsys):

@@ -3,14 +3,22 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
 import pickle
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from optuna.storages.journal import JournalFileBackend
 from scipy.stats import spearmanr
 
 from objectives import data_root
@@ -181,6 +189,77 @@ def test_a_second_run_resumes_without_redoing_studies(small_run):
         .drop(columns="selected")
         .equals(pd.read_csv(outputs.results).drop(columns="selected"))
     )
+
+
+def test_a_bench_into_a_journal_file_stores_there_and_resumes_there(tmp_path, capsys):
+    journal = tmp_path / "bench.journal"
+    journal.touch()  # an existing journal file, as `autopipe recommend` reads one
+    argv = [*NMT_X[:-1], str(tmp_path / "out"), "--methods", "random", "--storage", str(journal)]
+    argv += ["--datasets", DATASETS[0], "--seeds", "2", "--budget", "2", "--workers", "1"]
+    assert main(argv) == 0
+    assert f"optuna-dashboard {journal}" in capsys.readouterr().out
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert names == {f"nmt/{DATASETS[0]}/random/seed{k}" for k in (0, 1)}
+    written = journal.read_bytes()
+    assert main(argv) == 0
+    assert journal.read_bytes() == written  # resumed: nothing to run, nothing written
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_run_in_one_line_and_a_rerun_resumes(tmp_path):
+    """Ctrl-C reaches the command and its worker processes; only the command answers, with
+    what is stored, and every study it stored is kept for the rerun."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "optuna_autopipe.cli", *NMT_X[:-1], str(out)]
+    argv += ["--methods", "tpe,bohb", "--seeds", "2", "--budget", "5", "--workers", "2"]
+    argv += ["--data-dir", str(data_root())]
+    url = f"sqlite:///{out / 'bench.db'}"
+
+    def finished() -> dict[str, int]:
+        summaries = optuna.get_all_study_summaries(url, include_best_trial=False)
+        return {s.study_name: s._study_id for s in summaries if "bench" in s.user_attrs}
+
+    # a shell's background job would ignore SIGINT: the command gets the default handling
+    run = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: run.stderr.read(1), "")))
+    reader.start()
+    deadline = time.monotonic() + 300
+    try:
+        while not re.search(r"\| [1-9]\d*/24 \[", "".join(seen)):  # a study is stored
+            assert run.poll() is None and time.monotonic() < deadline, "".join(seen)
+            time.sleep(0.2)
+        os.killpg(run.pid, signal.SIGINT)
+        run.wait(timeout=120)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)  # the command and its workers
+    reader.join()
+    err = "".join(seen)
+    stored = finished()
+    assert run.returncode == 130 and "Traceback" not in err, err
+    said = f"autopipe: interrupted: {len(stored)} of 24 studies stored in {url}; rerun the same "
+    assert err.splitlines()[-1] == said + "command to resume."
+    assert 0 < len(stored) < 24
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    resumed = finished()
+    assert len(resumed) == 24 and all(resumed[name] == sid for name, sid in stored.items())
+    running = [
+        t
+        for name in resumed
+        for t in optuna.load_study(study_name=name, storage=url).trials
+        if t.state == optuna.trial.TrialState.RUNNING
+    ]
+    assert running == []
 
 
 def test_studies_of_an_earlier_method_revision_are_refused_not_reused(small_run, monkeypatch):

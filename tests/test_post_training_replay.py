@@ -173,9 +173,14 @@ def test_a_bundled_corpus_is_what_the_benchmark_reads_without_data(
     assert bundle.bundled_journal(tmp_path / "bundled") == journal  # decompressed once
     monkeypatch.setattr(bundle, "BUNDLED", tmp_path / "bundled")
     empty = tmp_path / "no-data"
+    empty.mkdir()  # a data folder without a post-training corpus
     capfd.readouterr()
     benchmark = load_benchmark("post-training", data_dir=empty)
     assert "replaying the corpus bundled with the package" in capfd.readouterr().err
+    monkeypatch.delenv("AUTOPIPE_DATA", raising=False)  # no data folder chosen: the same
+    default = load_benchmark("post-training")
+    assert "replaying the corpus bundled with the package" in capfd.readouterr().err
+    assert [t.name for t in default.tasks] == [t.name for t in benchmark.tasks]
     own = load_benchmark("post-training", data_dir=root)
     assert [t.name for t in benchmark.tasks] == [t.name for t in own.tasks]
     for mine, theirs in zip(benchmark.tasks, own.tasks, strict=True):

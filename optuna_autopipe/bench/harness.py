@@ -19,9 +19,10 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -45,6 +46,7 @@ from optuna_autopipe.bench.methods import (
 )
 from optuna_autopipe.bench.prior_noise import check_mode
 from optuna_autopipe.bench.report import Outputs, write_outputs
+from optuna_autopipe.recommend import open_storage, shown_url
 
 _logger = logging.getLogger(__name__)
 
@@ -95,14 +97,24 @@ class Job:
 
 
 def run_bench(spec: BenchSpec) -> Outputs:
-    """Run every missing study of ``spec``, then write results.csv, summary.md and the plot."""
+    """Run every missing study of ``spec``, then write results.csv, summary.md and the plot.
+
+    Raises:
+        ValueError: a bad setting, storage (``recommend.open_storage``) or finished study
+            (``_finished``).
+        FileNotFoundError: missing benchmark data, storage, or peers' environment.
+        peer_env.PeerEnvironmentError: the peers' environment cannot run jobs.
+        StudiesFailed: some studies failed; every other one is stored.
+        BenchInterrupted: Ctrl-C; says how many studies are stored (a rerun resumes).
+    """
     if spec.budget < 1 or spec.seeds < 1:
         raise ValueError(f"--budget and --seeds must be >= 1, got {spec.budget} and {spec.seeds}.")
+    away = [method for method in spec.methods if peer_env.remote(method)]
     for method in spec.methods:
-        if peer_env.remote(method):
-            peer_env.peers_python()  # names `make peers` when it is missing
-        else:
+        if method not in away:
             get_method(method)
+    if away:
+        peer_env.check_peers_python()  # names `make peers` when it is missing or broken
     check_mode(spec.prior_noise)
     benchmark = _benchmark(spec.benchmark, spec.data_dir, spec.noise_sd)
     datasets = list(spec.datasets or [t.name for t in benchmark.tasks])
@@ -111,31 +123,45 @@ def run_bench(spec: BenchSpec) -> Outputs:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if spec.storage is None:  # the default storage lives in the output folder
         spec.out.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.get_storage(spec.storage_url)
+    storage = open_storage(spec.storage_url, create=True)
     jobs = [Job(spec, d, m, s) for d in datasets for m in spec.methods for s in range(spec.seeds)]
     done = _finished(storage, jobs)
     spec.out.mkdir(parents=True, exist_ok=True)
     todo = [job for job in jobs if job.study_name not in done]
     started = time.perf_counter()
+    failed: list[tuple[Job, JobFailure]] = []
+    stored = len(jobs) - len(todo)
+    workers_before = set(multiprocessing.active_children())
     with (
-        tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="studies", unit="study") as bar,
+        tqdm(total=len(jobs), initial=stored, desc="studies", unit="study") as bar,
         _fixed_hash_seed(),
         ProcessPoolExecutor(
-            max_workers=max(1, spec.workers), mp_context=multiprocessing.get_context("spawn")
+            max_workers=max(1, spec.workers),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_leave_interrupts_to_the_parent,
         ) as pool,
     ):
         # One dataset's studies per task: a worker fits that fold's prior once (cached).
         by_dataset = [[job for job in todo if job.dataset == d] for d in datasets]
-        failed: list[tuple[Job, JobFailure]] = []
-        for group in pool.map(run_jobs, [g for g in by_dataset if g]):
-            for job, result in group:
-                if isinstance(result, JobFailure):
-                    failed.append((job, result))
-                    continue
-                _store(storage, job, *result)
-                bar.update()
+        try:
+            for task in as_completed([pool.submit(run_jobs, g) for g in by_dataset if g]):
+                for job, result in task.result():
+                    if isinstance(result, JobFailure):
+                        failed.append((job, result))
+                        continue
+                    _store(storage, job, *result)
+                    stored += 1
+                    bar.update()
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for worker in set(multiprocessing.active_children()) - workers_before:
+                worker.terminate()  # its running studies were never stored
+            raise BenchInterrupted(
+                f"interrupted: {stored} of {len(jobs)} studies stored in "
+                f"{shown_url(spec.storage_url)}; rerun the same command to resume."
+            ) from None
     if failed:
-        raise StudiesFailed(failed)
+        raise StudiesFailed(sorted(failed, key=lambda failure: jobs.index(failure[0])))
     wall = time.perf_counter() - started
     return write_outputs(storage, benchmark, jobs, spec, wall_seconds=wall)
 
@@ -193,6 +219,18 @@ def _describe(version: tuple[int, dict]) -> str:
     """``revision R`` of a method, with its outside settings when it has any."""
     revision, settings = version
     return f"revision {revision}" + (f" with settings {settings}" if settings else "")
+
+
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run; the message says how many studies are stored, and where."""
+
+
+def _leave_interrupts_to_the_parent() -> None:
+    """A worker's initializer: Ctrl-C reaches the whole process group, and only the parent
+    handles it (once, ending the workers). The worker's handler does nothing rather than
+    ``SIG_IGN``, which a child of the worker (the peers' Python) would inherit and outlive
+    the run with; a handled signal is reset to its default in a child."""
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
 
 
 @contextlib.contextmanager

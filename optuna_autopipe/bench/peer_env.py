@@ -97,13 +97,44 @@ def peers_python() -> Path:
     configured = os.environ.get(PEERS_PYTHON_ENV)
     path = Path(configured) if configured else _CHECKOUT / ".venv-peers" / "bin" / "python"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"The peers' environment ({path}) does not exist: the peer methods "
-            f"{sorted(PEERS)} run there because their pins clash with this environment's "
-            "numpy. Build it with `make peers` (or point $AUTOPIPE_PEERS_PYTHON at a Python "
-            "that has them)."
-        )
+        why = "is not a file" if path.exists() else "does not exist"
+        raise FileNotFoundError(_unusable(path, why))
     return path
+
+
+def check_peers_python() -> None:
+    """Make sure the peers' Python can run jobs: it imports ``optuna_autopipe`` and the
+    harness's Optuna version (the trials cross as pickles).
+
+    Raises:
+        FileNotFoundError: it does not exist (``peers_python``).
+        PeerEnvironmentError: it cannot be run, cannot import them, or has another Optuna;
+            names the path, what failed and ``make peers``.
+    """
+    python = peers_python()
+    probe = "import optuna, optuna_autopipe; print(optuna.__version__)"
+    try:
+        done = subprocess.run(
+            [str(python), "-c", probe], capture_output=True, text=True, check=False
+        )
+    except OSError as exc:  # not executable, not a program
+        raise PeerEnvironmentError(_unusable(python, f"cannot be run ({exc.strerror})")) from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        raise PeerEnvironmentError(_unusable(python, f"cannot import the project ({last})"))
+    if done.stdout.strip() != optuna.__version__:
+        other = f"has Optuna {done.stdout.strip()}, the harness {optuna.__version__}"
+        raise PeerEnvironmentError(_unusable(python, other))
+
+
+def _unusable(python: Path, why: str) -> str:
+    """The error for a peers' Python that cannot serve: ``why``, and how to get one."""
+    return (
+        f"The peers' environment ({python}) {why}: the peer methods {sorted(PEERS)} run "
+        "there because their pins clash with this environment's numpy. Build it with "
+        f"`make peers` (or point ${PEERS_PYTHON_ENV} at a Python that has them and this "
+        "project)."
+    )
 
 
 def run_remote(jobs: list[Job]) -> list[tuple[Job, tuple[Any, ...]]]:
