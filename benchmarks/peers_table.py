@@ -58,16 +58,23 @@ def table(per: pd.DataFrame) -> list[str]:
 
 
 def _versus(mine: pd.Series, theirs: pd.Series) -> str:
-    """``mine`` against ``theirs`` (per-dataset regrets): the means, the verdict and the
-    datasets where ``theirs`` is lower."""
-    both = pd.concat({"mine": mine, "theirs": theirs}, axis=1).dropna()
+    """``mine`` against ``theirs`` (per-dataset regrets): the means over the datasets where
+    both have a value, the verdict, the datasets where ``theirs`` is lower, and how many
+    datasets ``theirs`` has no value on (no full-fidelity result by that cost: counted as
+    ahead, as the peer has nothing to select)."""
+    both = pd.concat({"mine": mine, "theirs": theirs}, axis=1).dropna(subset="mine")
+    none = int(both["theirs"].isna().sum())
+    unselected = f"; the peer had no full-fidelity result yet on {none} of {len(both)} datasets"
+    both = both.dropna()
     if both.empty:
-        return "no dataset with both"
-    lost = both.index[both["theirs"] < both["mine"]].tolist()
+        return "ahead" + unselected
+    lost = [str(dataset) for dataset in both.index[both["theirs"] < both["mine"]]]
     verdict = "ahead" if both["mine"].mean() <= both["theirs"].mean() else "BEHIND"
     return (
         f"{both['mine'].mean():.3f} vs {both['theirs'].mean():.3f}: {verdict}; the peer is "
-        f"lower on {len(lost)} of {len(both)} datasets" + (f" ({', '.join(lost)})" if lost else "")
+        f"lower on {len(lost)} of {len(both)} datasets"
+        + (f" ({', '.join(lost)})" if lost else "")
+        + (unselected if none else "")
     )
 
 
@@ -108,7 +115,7 @@ def main() -> None:
             print(f"\n{path}: missing (make bench-peers PEERS_BENCHMARKS={benchmark})\n")
             continue
         try:
-            results = read_results(path, benchmark=benchmark)
+            results = read_results(path)
         except ValueError as exc:
             parser.error(str(exc))
         per = per_dataset(results)

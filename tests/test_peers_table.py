@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from optuna_autopipe.bench.report import COLUMNS, read_results
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "peers_table.py"
 
 
@@ -50,7 +52,10 @@ def test_rows_average_seeds_then_datasets_and_count_missing_anytime_values(scrip
 def test_targets_say_where_a_peer_wins(script):
     lines = script["targets"](_per(script, ROWS))
     at_cost_dehb, at_cost_priorband, full = lines
-    assert "autopipe vs dehb: 0.200 vs 0.500: ahead; the peer is lower on 0 of 1" in at_cost_dehb
+    assert at_cost_dehb.endswith(
+        "autopipe vs dehb: 0.200 vs 0.500: ahead; the peer is lower on 0 of 1 datasets; the "
+        "peer had no full-fidelity result yet on 1 of 2 datasets"
+    )
     # priorband at autopipe's cost: (0.1, 0.2) against autopipe's (0.2, 0.4)
     assert "0.300 vs 0.150: BEHIND; the peer is lower on 2 of 2 datasets (a, b)" in (
         at_cost_priorband
@@ -58,6 +63,29 @@ def test_targets_say_where_a_peer_wins(script):
     # full budget: autopipe-full (0.1, 0.2) is our better one; the best peer is priorband
     assert full.startswith("- full budget, autopipe-full vs the best peer priorband: 0.150 vs")
     assert "0.200: ahead; the peer is lower on 1 of 2 datasets (b)" in full
+
+
+def test_numeric_dataset_names_are_read_as_names(script, tmp_path):
+    path = tmp_path / "results.csv"
+    rows = [(*row[:1], {"a": 3945, "b": 7593}[row[1]], *row[2:]) for row in ROWS]
+    table = pd.DataFrame(
+        rows,
+        columns=["method", "dataset", "seed", "normalized_regret", "regret_at_anchor_cost", "cost"],
+    )
+    full = table.reindex(columns=COLUMNS).fillna(0).assign(**table, benchmark="lcbench")
+    full.to_csv(path, index=False)
+    per = script["per_dataset"](read_results(path, benchmark="lcbench"))
+    assert "(7593)" in script["targets"](per)[-1]
+
+
+def test_a_peer_without_any_selection_at_autopipes_cost_is_behind_it(script):
+    rows = [r for r in ROWS if r[0] != "dehb"] + [
+        ("dehb", d, 0, 0.0, float("nan"), 15.0) for d in "ab"
+    ]
+    at_cost_dehb = script["targets"](_per(script, rows))[1]
+    assert at_cost_dehb.endswith(
+        "vs dehb: ahead; the peer had no full-fidelity result yet on 2 of 2 datasets"
+    )
 
 
 def test_without_autopipe_or_peers_says_so(script):

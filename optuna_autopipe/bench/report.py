@@ -221,7 +221,7 @@ def read_results(path: Path, *, benchmark: str | None = None) -> pd.DataFrame:
     if not path.is_file():
         raise ValueError(f"{path}: not a file (pass the results.csv in an `autopipe bench` --out).")
     try:
-        results = pd.read_csv(path)
+        results = pd.read_csv(path, dtype={"dataset": str})  # LCBench names are numbers
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a results.csv of `autopipe bench` ({exc}).") from exc
     missing = [c for c in COLUMNS if c not in results.columns]
