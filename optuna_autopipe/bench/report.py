@@ -353,7 +353,7 @@ def plot_regret_vs_cost(
     top = max((c for _, _, points in curves for c, _ in points), default=1.0)
     ends = [points[-1][0] for _, _, points in curves if points]
     grid = np.unique(np.concatenate([np.linspace(0.0, top, 200), ends]))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     palette = plt.get_cmap("tab20").colors  # distinct colours for up to 20 methods
     for index, method in enumerate(dict.fromkeys(m for m, _, _ in curves)):
         by_dataset: dict[str, list[np.ndarray]] = {}
@@ -373,11 +373,16 @@ def plot_regret_vs_cost(
         if last.size:
             ax.plot(grid[last[-1]], mean[last[-1]], "o", color=line.get_color())
     ax.set_yscale("symlog", linthresh=0.01)
+    low, high = ax.get_ylim()
+    ticks = [
+        t for t in (0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50) if low <= t <= high
+    ]
+    ax.set_yticks(ticks, labels=[f"{t:g}" for t in ticks])
     ax.set_xlabel("cumulative cost (full-run equivalents)")
     ax.set_ylabel("normalised regret of current selection")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")  # off the lines
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
