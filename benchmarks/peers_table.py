@@ -30,9 +30,19 @@ ANCHOR, FULL = "autopipe", "autopipe-full"
 
 def per_dataset(results: pd.DataFrame) -> pd.DataFrame:
     """Seed means per (method, dataset) of the regret at the end, at the anchor's cost, and
-    of the cost; shape (methods × datasets, 3)."""
+    of the cost; shape (methods × datasets, 3).
+
+    Raises:
+        ValueError: a method lacks some dataset (its means would cover other datasets than
+            the rest's); names them.
+    """
     columns = ["normalized_regret", "regret_at_anchor_cost", "cost"]
-    return results.groupby(["method", "dataset"], sort=False)[columns].mean()
+    per = results.groupby(["method", "dataset"], sort=False)[columns].mean()
+    full = pd.MultiIndex.from_product(per.index.levels)
+    missing = [f"{method} on {dataset}" for method, dataset in full.difference(per.index)]
+    if missing:
+        raise ValueError(f"No rows for {', '.join(missing[:5])}: every method needs every dataset.")
+    return per
 
 
 def table(per: pd.DataFrame) -> list[str]:
@@ -84,7 +94,7 @@ def targets(per: pd.DataFrame) -> list[str]:
     methods = set(per.index.get_level_values("method"))
     peers = [m for m in dict.fromkeys(per.index.get_level_values("method")) if m in PEERS]
     if ANCHOR not in methods or not peers:
-        return ["(no autopipe or peer rows)"]
+        return [f"(no {ANCHOR if ANCHOR not in methods else 'peer'} rows: nothing to compare)"]
     mine = per.loc[ANCHOR]
     at_cost = f"- at autopipe's cost ({mine['cost'].mean():.2f} full runs), autopipe vs"
     lines = [
@@ -111,17 +121,14 @@ def main() -> None:
     args = parser.parse_args()
     for benchmark in args.benchmarks.replace(",", " ").split():
         path = Path(args.root) / benchmark / "results.csv"
-        if not path.exists():
-            print(f"\n{path}: missing (make bench-peers PEERS_BENCHMARKS={benchmark})\n")
-            continue
         try:
             results = read_results(path)
+            per = per_dataset(results)
         except ValueError as exc:
-            parser.error(str(exc))
-        per = per_dataset(results)
+            parser.error(f"{exc} Under --root: the --out folders of `autopipe bench` runs.")
         print(
-            f"\n### {benchmark} ({results['dataset'].nunique()} datasets, "
-            f"{results['seed'].nunique()} seeds)\n"
+            f"\n### {benchmark} (benchmark {', '.join(sorted(set(results['benchmark'])))}, "
+            f"{results['dataset'].nunique()} datasets, {results['seed'].nunique()} seeds)\n"
         )
         print("\n".join(table(per)))
         print("\n" + "\n".join(targets(per)))

@@ -90,4 +90,20 @@ def test_a_peer_without_any_selection_at_autopipes_cost_is_behind_it(script):
 
 def test_without_autopipe_or_peers_says_so(script):
     rows = [r for r in ROWS if r[0] not in ("dehb", "priorband")]
-    assert script["targets"](_per(script, rows)) == ["(no autopipe or peer rows)"]
+    assert script["targets"](_per(script, rows)) == ["(no peer rows: nothing to compare)"]
+    rows = [r for r in ROWS if r[0] != "autopipe"]
+    assert script["targets"](_per(script, rows)) == ["(no autopipe rows: nothing to compare)"]
+
+
+def test_a_method_missing_a_dataset_is_refused_by_name(script):
+    rows = [r for r in ROWS if r[:2] != ("dehb", "b")]
+    with pytest.raises(ValueError, match="No rows for dehb on b: every method needs every"):
+        _per(script, rows)
+
+
+def test_a_results_file_with_text_in_a_number_column_is_refused(tmp_path):
+    path = tmp_path / "results.csv"
+    row = dict.fromkeys(COLUMNS, 0) | {"benchmark": "nmt", "normalized_regret": "high"}
+    pd.DataFrame([row]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"columns \['normalized_regret'\] hold values that"):
+        read_results(path)

@@ -56,6 +56,18 @@ COLUMNS = [
     "budget",
     "regret_at_anchor_cost",
 ]
+#: The columns of ``COLUMNS`` that hold numbers (``read_results`` checks them).
+NUMERIC_COLUMNS = [
+    "score",
+    "best_score",
+    "regret",
+    "normalized_regret",
+    "cost",
+    "cost_real",
+    "n_evals",
+    "budget",
+    "regret_at_anchor_cost",
+]
 #: The method whose spending the anytime column reads every method at (``summarise``).
 ANCHOR_METHOD = "autopipe"
 
@@ -214,9 +226,9 @@ def read_results(path: Path, *, benchmark: str | None = None) -> pd.DataFrame:
     """A ``results.csv`` written by ``write_outputs``, checked before a table reads it.
 
     Raises:
-        ValueError: ``path`` is not a file, not a CSV, has no rows or lacks ``COLUMNS``, or
-            (with ``benchmark``) holds another benchmark's results; names the file and the
-            fix.
+        ValueError: ``path`` is not a file, not a CSV, has no rows, lacks ``COLUMNS`` or
+            has text in ``NUMERIC_COLUMNS``, or (with ``benchmark``) holds another
+            benchmark's results; names the file and the fix.
     """
     if not path.is_file():
         raise ValueError(f"{path}: not a file (pass the results.csv in an `autopipe bench` --out).")
@@ -232,6 +244,9 @@ def read_results(path: Path, *, benchmark: str | None = None) -> pd.DataFrame:
         )
     if results.empty:
         raise ValueError(f"{path}: has no rows (did the `autopipe bench` run finish?).")
+    text = [c for c in NUMERIC_COLUMNS if not pd.api.types.is_numeric_dtype(results[c])]
+    if text:
+        raise ValueError(f"{path}: the columns {text} hold values that are not numbers.")
     others = sorted(set(results["benchmark"]) - {benchmark}) if benchmark else []
     if others:
         raise ValueError(
