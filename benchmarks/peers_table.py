@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from optuna_autopipe.bench.peer_env import PEERS
-from optuna_autopipe.bench.report import mean_se, read_results
+from optuna_autopipe.bench.report import anytime, mean_se, read_results
 
 ANCHOR, FULL = "autopipe", "autopipe-full"
 
@@ -53,16 +53,12 @@ def table(per: pd.DataFrame) -> list[str]:
     ]
     for method in dict.fromkeys(per.index.get_level_values("method")):
         rows = per.loc[method]
-        regret, anytime = rows["normalized_regret"], rows["regret_at_anchor_cost"]
+        regret = rows["normalized_regret"]
         worst = regret.idxmax()
-        counted = anytime.notna().sum()
-        shown = mean_se(anytime) if counted else "–"
-        if 0 < counted < len(anytime):
-            shown += f" ({counted}/{len(anytime)})"
         name = f"**{method}** (peer)" if method in PEERS else method
         lines.append(
-            f"| {name} | {mean_se(regret)} | {worst}: {regret[worst]:.3f} | {shown} "
-            f"| {rows['cost'].mean():.2f} |"
+            f"| {name} | {mean_se(regret)} | {worst}: {regret[worst]:.3f} "
+            f"| {anytime(rows['regret_at_anchor_cost'])} | {rows['cost'].mean():.2f} |"
         )
     return lines
 

@@ -187,18 +187,18 @@ def _finished(storage: optuna.storages.BaseStorage, jobs: list[Job]) -> set[str]
         now = (method_revision(job.method), method_settings(job.method))
         if stored != now:
             stale.append(
-                f"{summary.study_name}: {_describe(stored)}, {job.method!r} is at {_describe(now)}"
+                (summary.study_name, f"{_describe(stored)}, {job.method!r} is at {_describe(now)}")
             )
         for key, value in _run_settings(job.spec).items():
             # a record written before the harness stored a setting cannot be checked on it
             if record.get(key, value) != value:
                 stale.append(
-                    f"{summary.study_name}: run with {key} {record[key]}, this run asks for {value}"
+                    (summary.study_name, f"run with {key} {record[key]}, this run asks for {value}")
                 )
     if stale:
-        listed = "\n".join(f"  {line}" for line in stale[:10])
+        listed = "\n".join(f"  {name}: {reason}" for name, reason in stale[:10])
         more = f"\n  ... and {len(stale) - 10} more" if len(stale) > 10 else ""
-        n = len({line.split(": ", 1)[0] for line in stale})
+        n = len({name for name, _ in stale})
         raise ValueError(
             f"{n} finished {'study' if n == 1 else 'studies'} in this storage were run by "
             "another revision or settings of their method, or under another budget or "

@@ -212,7 +212,7 @@ def share(cost: float, reference: float) -> str:
     return f"{cost / reference:.0%}" if np.isfinite(reference) and reference > 0 else "n/a"
 
 
-def _anytime(per_dataset: pd.Series) -> str:
+def anytime(per_dataset: pd.Series) -> str:
     """Mean ± s.e. over the datasets where the method had a selection at the anchor's cost,
     with how many those are when not all; "–" when none."""
     known = per_dataset.dropna()
@@ -305,7 +305,7 @@ def summarise(table: pd.DataFrame, *, spec: BenchSpec, wall_seconds: float) -> s
             f"| {mean_se(rows['regret'])} "
             f"| {rows['cost'].mean():.2f} | {rows['cost_real'].mean():.4g} "
             f"| {share(rows['cost_real'].mean(), reference_cost)} "
-            f"| {rows['n_evals'].mean():.1f} | {_anytime(rows['regret_at_anchor_cost'])} |"
+            f"| {rows['n_evals'].mean():.1f} | {anytime(rows['regret_at_anchor_cost'])} |"
         )
     datasets = list(dict.fromkeys(table["dataset"]))
     lines += [
