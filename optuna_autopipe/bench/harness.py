@@ -20,9 +20,10 @@ import math
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -135,6 +136,7 @@ def run_bench(spec: BenchSpec) -> Outputs:
     with (
         tqdm(total=len(jobs), initial=stored, desc="studies", unit="study") as bar,
         _fixed_hash_seed(),
+        _interrupt_flag() as interrupted,
         ProcessPoolExecutor(
             max_workers=max(1, spec.workers),
             mp_context=multiprocessing.get_context("spawn"),
@@ -143,8 +145,10 @@ def run_bench(spec: BenchSpec) -> Outputs:
     ):
         # One dataset's studies per task: a worker fits that fold's prior once (cached).
         by_dataset = [[job for job in todo if job.dataset == d] for d in datasets]
-        try:
-            for task in as_completed([pool.submit(run_jobs, g) for g in by_dataset if g]):
+        pending = {pool.submit(run_jobs, g) for g in by_dataset if g}
+        while pending and not interrupted.is_set():
+            ended, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for task in ended:
                 for job, result in task.result():
                     if isinstance(result, JobFailure):
                         failed.append((job, result))
@@ -152,7 +156,7 @@ def run_bench(spec: BenchSpec) -> Outputs:
                     _store(storage, job, *result)
                     stored += 1
                     bar.update()
-        except KeyboardInterrupt:
+        if interrupted.is_set():
             pool.shutdown(wait=False, cancel_futures=True)
             for worker in set(multiprocessing.active_children()) - workers_before:
                 worker.terminate()  # its running studies were never stored
@@ -223,6 +227,24 @@ def _describe(version: tuple[int, dict]) -> str:
 
 class BenchInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped the run; the message says how many studies are stored, and where."""
+
+
+@contextlib.contextmanager
+def _interrupt_flag() -> Iterator[threading.Event]:
+    """Ctrl-C sets the yielded event instead of raising ``KeyboardInterrupt`` wherever the
+    main thread happens to be: raised inside a garbage-collection callback (SQLAlchemy's),
+    Python prints and drops it, and the run went on (seen in CI). Off the main thread,
+    where no handler can be set, the event is never set. The previous handler is restored.
+    """
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _leave_interrupts_to_the_parent() -> None:
